@@ -1,0 +1,3 @@
+"""zmqrpc: a brokerless RPC message bus on ZeroMQ."""
+
+__version__ = "0.1.0"
