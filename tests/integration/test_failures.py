@@ -1,0 +1,128 @@
+"""What happens when parts fail: Redis stopped, a server killed, garbage on a server's socket."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import zmq
+
+from tests.integration.test_direct import Bus, _wait_for
+from tests.servers import RedisServer
+from zmqrpc import protocol
+from zmqrpc.errors import CallTimeout
+from zmqrpc.protocol import MessageType
+
+pytestmark = pytest.mark.integration
+
+MODES = ["static", "dynamic"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rpc_survives_redis_outage_and_late_servers_register_when_it_returns(mode: str) -> None:
+    with RedisServer() as redis:
+        bus = Bus(redis.url, mode)
+        try:
+            bus.server("127.0.0.2", topics=["echo"])
+            client = bus.client()
+            assert client.call("echo", "whoami", timeout=5) == "127.0.0.2"
+            redis.stop()
+            # Hosts already known keep talking while the matchmaker is gone (old bug 1610958).
+            for _ in range(20):
+                assert client.call("echo", "whoami", timeout=5) == "127.0.0.2"
+            time.sleep(1.5)  # past a cache refresh and a registration update, both failing now
+            assert client.call("echo", "whoami", timeout=5) == "127.0.0.2"
+            late = bus.server("127.0.0.3", topics=["late"])
+            redis.start()
+            # Its pending registration lands once Redis is back, and the client's cache picks it up.
+            answer = _wait_for(lambda: _try_call(client, "late"), timeout=15)
+            assert answer == late.server
+        finally:
+            bus.close()
+
+
+def _try_call(client, topic: str):
+    try:
+        return client.call(topic, "whoami", timeout=2)
+    except Exception:
+        return None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_call_to_a_killed_server_times_out_within_timeout_plus_one_second(redis_server, mode: str) -> None:
+    bus = Bus(redis_server.url, mode)
+    try:
+        victim = bus.server("127.0.0.2", topics=["solo"])
+        client = bus.client()
+        assert client.call("solo", "whoami", timeout=5) == "127.0.0.2"
+        victim.kill()
+        for timeout in (1.0, 2.0):
+            started = time.monotonic()
+            with pytest.raises(CallTimeout):
+                client.call("solo", "whoami", timeout=timeout)
+            assert time.monotonic() - started <= timeout + 1.0
+    finally:
+        bus.close()
+
+
+def test_dynamic_calls_after_a_worker_dies_reach_the_live_worker(redis_server) -> None:
+    bus = Bus(redis_server.url, "dynamic")
+    try:
+        victim = bus.server("127.0.0.2", topics=["work"])
+        bus.server("127.0.0.3", topics=["work"])
+        client = bus.client()
+        assert {client.call("work", "whoami", timeout=5) for _ in range(10)} == {"127.0.0.2", "127.0.0.3"}
+        victim.kill()
+        # The dead worker is still registered (its entry has not expired), yet every call succeeds.
+        answers = [client.call("work", "whoami", timeout=5) for _ in range(20)]
+        assert answers == ["127.0.0.3"] * 20
+    finally:
+        bus.close()
+
+
+def test_garbage_is_dropped_counted_and_the_server_keeps_serving(redis_server) -> None:
+    bus = Bus(redis_server.url, "static")
+    try:
+        target = bus.server("127.0.0.2", topics=["echo"], rpc_zmq_max_message_size=65536)
+        client = bus.client()
+        serializer = protocol.get_serializer("json")
+        good = protocol.encode(MessageType.CAST, "echo", {"message": {}, "context": {}}, serializer)
+        wrong_version = bytearray(good[0])
+        wrong_version[2] = 99
+        garbage = {
+            "bad frame count": [[os.urandom(64)], [good[0], good[1], good[2]]],
+            "bad header": [[os.urandom(7), b"", b"echo", b"{}"]],
+            "unsupported version": [[bytes(wrong_version), *good[1:]]],
+            "bad body": [[good[0], b"", b"echo", b"\xff{not json"], [good[0], b"", b"echo", b"[1, 2]"]],
+            "oversized": [[good[0], b"", b"echo", b'{"x": "' + b"a" * 70000 + b'"}']],
+            "wrong topic": [[good[0], b"", b"somebody-else", good[3]]],
+        }
+        ctx = zmq.Context.instance()
+        raw = ctx.socket(zmq.DEALER)
+        raw.connect(f"tcp://{target.address}")
+        for messages in garbage.values():
+            for frames in messages:
+                raw.send_multipart(frames)
+        raw.close(linger=2000)
+        expected = {reason: len(messages) for reason, messages in garbage.items()}
+        counts = _wait_for(
+            lambda: (c := client.call("echo", "drops", timeout=5, server="127.0.0.2")) == expected and c,
+            timeout=10,
+        )
+        assert counts == expected, client.call("echo", "drops", timeout=5, server="127.0.0.2")
+        assert client.call("echo", "whoami", timeout=5) == "127.0.0.2"
+    finally:
+        bus.close()
+
+
+def test_bounded_pool_limits_concurrent_dispatch(redis_server) -> None:
+    bus = Bus(redis_server.url, "static")
+    try:
+        bus.server("127.0.0.2", topics=["slow"], rpc_thread_pool_size=2)
+        client = bus.client()
+        futures = [client.call_async("slow", "sleep", {"seconds": 0.3}, timeout=10) for _ in range(6)]
+        assert [client.wait(f, 10) for f in futures] == ["127.0.0.2"] * 6
+        assert client.call("slow", "peak", timeout=5) == 2
+    finally:
+        bus.close()

@@ -1,0 +1,94 @@
+"""A test RPC server process: ``python -m tests.rpc_node --url URL --topic T --server NAME``.
+
+It prints ``READY <address>`` once it serves, and records what it receives so a test (in another process)
+can ask for it over the bus with the ``seen`` call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+
+from zmqrpc.config import load_settings
+from zmqrpc.server import RpcServer
+
+
+class TestEndpoint:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.received: list[object] = []
+        self.lock = threading.Lock()
+        self.server: RpcServer | None = None
+        self.running = 0
+        self.peak_running = 0
+
+    def _record(self, item: object) -> None:
+        with self.lock:
+            self.received.append(item)
+
+    def whoami(self, ctxt: dict) -> str:
+        return self.name
+
+    def echo(self, ctxt: dict, **kwargs: object) -> dict:
+        return {"server": self.name, "args": kwargs, "context": ctxt}
+
+    def fail(self, ctxt: dict, message: str) -> None:
+        raise KeyError(message)
+
+    def sleep(self, ctxt: dict, seconds: float) -> str:
+        with self.lock:
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
+        time.sleep(seconds)
+        with self.lock:
+            self.running -= 1
+        return self.name
+
+    def peak(self, ctxt: dict) -> int:
+        return self.peak_running
+
+    def record(self, ctxt: dict, tag: object) -> None:
+        self._record(tag)
+
+    def seen(self, ctxt: dict) -> list:
+        with self.lock:
+            return list(self.received)
+
+    def drops(self, ctxt: dict) -> dict:
+        assert self.server is not None
+        return self.server.drops.counts()
+
+    def info(self, ctxt: dict, publisher_id: str, event_type: str, payload: object, metadata: dict) -> None:
+        self._record({"priority": "info", "event_type": event_type, "payload": payload})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--topic", action="append", required=True)
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--set", action="append", default=[], help="option=json-value override")
+    args = parser.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    settings = load_settings(url=args.url, overrides=overrides)
+    endpoint = TestEndpoint(args.server)
+    server = RpcServer(settings, args.topic, [endpoint], server=args.server)
+    endpoint.server = server
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"READY {server.address}", flush=True)
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

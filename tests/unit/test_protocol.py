@@ -1,0 +1,91 @@
+"""The envelope: round trips in both serializations and a clear reason for every kind of bad frame."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from zmqrpc import protocol
+from zmqrpc.protocol import DropCounter, Flags, MessageType, ProtocolError
+
+BODY = {"message": {"method": "ping", "args": {"n": 1}}, "context": {"user": "u"}}
+
+
+@pytest.mark.parametrize("name", ["json", "msgpack"])
+@pytest.mark.parametrize("msg_type", list(MessageType))
+def test_round_trip(name: str, msg_type: MessageType) -> None:
+    serializer = protocol.get_serializer(name)
+    msg_id = protocol.new_msg_id()
+    frames = protocol.encode(msg_type, "compute.host1", BODY, serializer, msg_id, b"route", Flags.WANTS_ACK)
+    assert len(frames) == 4 and frames[1] == b"route"
+    env = protocol.decode(frames, 1 << 20)
+    assert (env.type, env.topic, env.body, env.msg_id, env.route) == (
+        msg_type,
+        "compute.host1",
+        BODY,
+        msg_id,
+        b"route",
+    )
+    assert env.wants_ack and env.serializer == name
+
+
+def _frames(**change: bytes) -> list[bytes]:
+    frames = protocol.encode(MessageType.CALL, "compute", BODY, protocol.get_serializer("json"))
+    names = ["header", "route", "topic", "body"]
+    return [change.get(n, f) for n, f in zip(names, frames, strict=True)]
+
+
+def _header(**fields: int) -> bytes:
+    values = {
+        "magic": protocol.MAGIC,
+        "version": 1,
+        "type": 1,
+        "ser": 1,
+        "flags": 0,
+        "id": b"x" * 16,
+        **fields,
+    }
+    return protocol.HEADER.pack(*values.values())
+
+
+@pytest.mark.parametrize(
+    ("frames", "reason"),
+    [
+        (_frames()[:3], "bad frame count"),
+        ([*_frames(), b""], "bad frame count"),
+        (_frames(header=b"short"), "bad header"),
+        (_frames(header=_header(magic=b"XX")), "bad magic"),
+        (_frames(header=_header(version=2)), "unsupported version"),
+        (_frames(header=_header(type=42)), "unknown message type"),
+        (_frames(header=_header(ser=9)), "unknown serializer"),
+        (_frames(topic=b"\xff\xfe"), "bad topic"),
+        (_frames(topic=b""), "bad topic"),
+        (_frames(topic=b"t" * 300), "bad topic"),
+        (_frames(body=b"{broken"), "bad body"),
+        (_frames(body=b"[1]"), "bad body"),
+        (_frames(body=b'{"context": {}}'), "bad body"),
+        (_frames(body=b'{"message": {}, "context": {}, "pad": "' + b"x" * 2000 + b'"}'), "oversized"),
+    ],
+)
+def test_bad_frames_are_rejected_with_a_reason(frames: list[bytes], reason: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(frames, 1024)
+    assert info.value.reason == reason
+
+
+def test_unknown_serialization_names_the_option() -> None:
+    with pytest.raises(ValueError, match="rpc_zmq_serialization"):
+        protocol.get_serializer("yaml")
+
+
+def test_drop_counter_counts_every_drop_and_logs_each_reason_once(caplog: pytest.LogCaptureFixture) -> None:
+    drops = DropCounter("server x")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            drops.drop("bad body", "json: oops", "peer1")
+        drops.drop("oversized", "too big")
+    assert drops.counts() == {"bad body": 3, "oversized": 1}
+    assert drops.total == 4
+    assert len(caplog.records) == 2
+    assert "bad body" in caplog.records[0].getMessage() and "peer1" in caplog.records[0].getMessage()

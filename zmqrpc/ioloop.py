@@ -1,0 +1,113 @@
+"""A small single-threaded I/O loop: the one thread that owns a set of ZeroMQ sockets.
+
+ZeroMQ sockets are not thread-safe, so each client or server gives its sockets to one IOLoop. Other threads
+hand work to it with :meth:`IOLoop.submit`, which wakes the loop through an eventfd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import zmq
+
+LOG = logging.getLogger(__name__)
+
+Handler = Callable[[int], None]
+
+
+class IOLoop:
+    def __init__(self, name: str, tick_interval: float = 0.1) -> None:
+        self.name = name
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._tasks: deque[Callable[[], None]] = deque()
+        self._poller = zmq.Poller()
+        self._poller.register(self._wake_fd, zmq.POLLIN)
+        self._handlers: dict[zmq.Socket, Handler] = {}
+        self._flags: dict[zmq.Socket, int] = {}
+        self._tickers: list[Callable[[float], None]] = []
+        self._tick_ms = int(tick_interval * 1000)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # --- called from any thread ---
+    def submit(self, task: Callable[[], None]) -> None:
+        self._tasks.append(task)
+        os.eventfd_write(self._wake_fd, 1)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        os.eventfd_write(self._wake_fd, 1)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def in_loop(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    # --- called from the loop thread only ---
+    def watch(self, sock: zmq.Socket, flags: int, handler: Handler) -> None:
+        self._handlers[sock] = handler
+        self.set_flags(sock, flags)
+
+    def set_flags(self, sock: zmq.Socket, flags: int) -> None:
+        if self._flags.get(sock) != flags:
+            self._flags[sock] = flags
+            if flags:
+                self._poller.register(sock, flags)
+            else:
+                self._poller.unregister(sock)
+
+    def unwatch(self, sock: zmq.Socket) -> None:
+        self._handlers.pop(sock, None)
+        if self._flags.pop(sock, 0):
+            self._poller.unregister(sock)
+
+    def add_ticker(self, ticker: Callable[[float], None]) -> None:
+        """Run ``ticker(now)`` after every poll (at least every tick_interval)."""
+        self._tickers.append(ticker)
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                events = self._poller.poll(self._tick_ms)
+            except zmq.ZMQError as exc:  # e.g. context terminated under us
+                LOG.error("%s: poll failed, loop stops: %s", self.name, exc)
+                break
+            for sock, flags in events:
+                if sock == self._wake_fd:
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(self._wake_fd)
+                    self._run_tasks()
+                else:
+                    handler = self._handlers.get(sock)
+                    if handler is not None:
+                        self._guard(handler, flags)
+            self._run_tasks()
+            if self._tickers:
+                now = time.monotonic()
+                for ticker in self._tickers:
+                    self._guard(ticker, now)
+        self._run_tasks()
+        os.close(self._wake_fd)
+
+    def _run_tasks(self) -> None:
+        tasks = self._tasks
+        while tasks:
+            self._guard(tasks.popleft())
+
+    def _guard(self, fn: Callable, *args: object) -> None:
+        # Nothing raised by one message may stop the loop that serves all the others.
+        try:
+            fn(*args)
+        except Exception:
+            LOG.exception("%s: unexpected error in I/O loop", self.name)

@@ -1,0 +1,219 @@
+"""The zmqrpc wire envelope: the one place where a message is framed and where received frames are checked.
+
+Every message is exactly four ZeroMQ frames (after any identity frames a ROUTER socket prepends)::
+
+    header   22 bytes: b"ZR", version, type, serializer, flags, 16-byte message id
+    route    the routing key a proxy forwards on (empty on direct connections)
+    topic    the target topic, utf-8 ("compute", "compute.host1", "notifications.info")
+    body     a dict serialized as json or msgpack
+
+A proxy reads only the route frame. Everything received is validated by :func:`decode`, which raises
+:class:`ProtocolError` with a short reason; I/O loops catch it and count the drop in a :class:`DropCounter`.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import struct
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+LOG = logging.getLogger(__name__)
+
+MAGIC = b"ZR"
+VERSION = 1
+HEADER = struct.Struct("!2sBBBB16s")
+FRAME_COUNT = 4
+MAX_TOPIC_LENGTH = 255
+
+
+class MessageType(enum.IntEnum):
+    CALL = 1
+    CAST = 2
+    FANOUT = 3
+    NOTIFY = 4
+    REPLY = 5
+    ACK = 6
+
+
+class Flags(enum.IntFlag):
+    NONE = 0
+    WANTS_ACK = 1
+
+
+class ProtocolError(ValueError):
+    """A received message broke the envelope rules; ``reason`` is a short, stable label for counting."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class Serializer:
+    """A body codec; ``code`` is carried in the header so a mismatch is detected, not misread."""
+
+    def __init__(self, name: str, code: int, dumps: Any, loads: Any) -> None:
+        self.name = name
+        self.code = code
+        self.dumps = dumps
+        self.loads = loads
+
+
+def _json_dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _msgpack_dumps(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _msgpack_loads(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+SERIALIZERS = {
+    "json": Serializer("json", 1, _json_dumps, json.loads),
+    "msgpack": Serializer("msgpack", 2, _msgpack_dumps, _msgpack_loads),
+}
+_SERIALIZER_BY_CODE = {s.code: s for s in SERIALIZERS.values()}
+
+
+def get_serializer(name: str) -> Serializer:
+    try:
+        return SERIALIZERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown serialization {name!r} (rpc_zmq_serialization): choose one of {sorted(SERIALIZERS)}"
+        ) from None
+
+
+# Which body keys each message type must carry, and their types.
+_REQUIRED_BODY_KEYS: dict[MessageType, dict[str, type | tuple[type, ...]]] = {
+    MessageType.CALL: {"message": dict, "context": dict},
+    MessageType.CAST: {"message": dict, "context": dict},
+    MessageType.FANOUT: {"message": dict, "context": dict},
+    MessageType.NOTIFY: {"message": dict, "context": dict},
+    MessageType.REPLY: {},
+    MessageType.ACK: {},
+}
+
+
+@dataclass
+class Envelope:
+    """A decoded (or to-be-encoded) message."""
+
+    type: MessageType
+    topic: str
+    body: dict[str, Any]
+    msg_id: bytes = field(default_factory=lambda: uuid.uuid4().bytes)
+    route: bytes = b""
+    flags: Flags = Flags.NONE
+    serializer: str = "json"
+
+    @property
+    def wants_ack(self) -> bool:
+        return bool(self.flags & Flags.WANTS_ACK)
+
+
+def new_msg_id() -> bytes:
+    return uuid.uuid4().bytes
+
+
+def encode(
+    msg_type: MessageType,
+    topic: str,
+    body: dict[str, Any],
+    serializer: Serializer,
+    msg_id: bytes | None = None,
+    route: bytes = b"",
+    flags: Flags = Flags.NONE,
+) -> list[bytes]:
+    """Frame one message; returns the four frames to send."""
+    header = HEADER.pack(MAGIC, VERSION, msg_type, serializer.code, flags, msg_id or new_msg_id())
+    return [header, route, topic.encode(), serializer.dumps(body)]
+
+
+def decode(frames: list[bytes], max_size: int) -> Envelope:
+    """Validate and decode four received frames; raise ProtocolError naming what is wrong."""
+    if len(frames) != FRAME_COUNT:
+        raise ProtocolError("bad frame count", f"expected {FRAME_COUNT}, got {len(frames)}")
+    size = sum(len(f) for f in frames)
+    if size > max_size:
+        raise ProtocolError("oversized", f"{size} bytes > limit {max_size} (rpc_zmq_max_message_size)")
+    header, route, topic_raw, body_raw = frames
+    if len(header) != HEADER.size:
+        raise ProtocolError("bad header", f"{len(header)} bytes, expected {HEADER.size}")
+    magic, version, type_code, ser_code, flag_bits, msg_id = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise ProtocolError("bad magic", repr(magic))
+    if version != VERSION:
+        raise ProtocolError("unsupported version", f"{version} (this side speaks {VERSION})")
+    try:
+        msg_type = MessageType(type_code)
+    except ValueError:
+        raise ProtocolError("unknown message type", str(type_code)) from None
+    serializer = _SERIALIZER_BY_CODE.get(ser_code)
+    if serializer is None:
+        raise ProtocolError("unknown serializer", str(ser_code))
+    if len(topic_raw) > MAX_TOPIC_LENGTH:
+        raise ProtocolError("bad topic", f"longer than {MAX_TOPIC_LENGTH} bytes")
+    try:
+        topic = topic_raw.decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("bad topic", "not utf-8") from None
+    if msg_type not in (MessageType.REPLY, MessageType.ACK) and not topic:
+        raise ProtocolError("bad topic", "empty")
+    try:
+        body = serializer.loads(body_raw)
+    except Exception as exc:  # any decoder failure means an undecodable body
+        raise ProtocolError("bad body", f"{serializer.name}: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("bad body", f"expected a map, got {type(body).__name__}")
+    for key, kind in _REQUIRED_BODY_KEYS[msg_type].items():
+        if not isinstance(body.get(key), kind):
+            raise ProtocolError("bad body", f"{msg_type.name} needs {key!r}")
+    return Envelope(
+        type=msg_type,
+        topic=topic,
+        body=body,
+        msg_id=msg_id,
+        route=route,
+        flags=Flags(flag_bits & max(Flags)),
+        serializer=serializer.name,
+    )
+
+
+class DropCounter:
+    """Counts dropped messages per reason; logs the first drop of each reason (then every 1000th)."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def drop(self, reason: str, detail: str = "", peer: str = "") -> None:
+        with self._lock:
+            self._counts[reason] += 1
+            count = self._counts[reason]
+        if count == 1 or count % 1000 == 0:
+            where = f" from {peer}" if peer else ""
+            LOG.warning(
+                "%s dropped a message%s (%s, %d so far): %s", self.owner, where, reason, count, detail
+            )
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())

@@ -1,0 +1,112 @@
+"""The only place zmqrpc creates ZeroMQ sockets: socket options, port-range binding, addresses.
+
+Keeping creation here means one place sets high-water marks, linger, keepalive and (later) CURVE keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import zmq
+
+LOG = logging.getLogger(__name__)
+
+# Dynamic (per-message) sockets must never linger forever on a dead host (old driver bugs 1658913, 1663459).
+DEFAULT_DYNAMIC_LINGER_MS = 1000
+# On shutdown nothing may block on an unreachable peer, whatever zmq_linger says.
+CLOSE_LINGER_MS = 1000
+
+
+class PortRangeExhausted(RuntimeError):
+    """No free port in rpc_zmq_min_port..rpc_zmq_max_port after rpc_zmq_bind_port_retries attempts."""
+
+
+def tcp_endpoint(address: str) -> str:
+    """'host:port' -> 'tcp://host:port' (IPv6 hosts are expected in brackets: '[::1]:5000')."""
+    return address if "://" in address else f"tcp://{address}"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'host:port' -> (host, port), with a clear error naming the address."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad address {address!r}: expected host:port")
+    return host, int(port)
+
+
+class SocketFactory:
+    """Creates sockets with the options from ``[oslo_messaging_zmq]``."""
+
+    def __init__(self, zmq_opts: Any, context: zmq.Context | None = None) -> None:
+        self.opts = zmq_opts
+        self.context = context or zmq.Context.instance()
+
+    def _linger_ms(self, dynamic: bool) -> int:
+        linger = self.opts.zmq_linger
+        if linger is None or linger < 0:
+            return DEFAULT_DYNAMIC_LINGER_MS if dynamic else -1
+        return int(linger * 1000)
+
+    def _configure(self, sock: zmq.Socket, dynamic: bool = False) -> zmq.Socket:
+        hwm = self.opts.rpc_zmq_hwm
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        sock.setsockopt(zmq.LINGER, self._linger_ms(dynamic))
+        # A hard guard far above our own size check, so an absurd frame cannot exhaust memory.
+        sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.opts.rpc_zmq_max_message_size)
+        if self.opts.zmq_tcp_keepalive != -1:
+            sock.setsockopt(zmq.TCP_KEEPALIVE, self.opts.zmq_tcp_keepalive)
+            for name, opt in (
+                ("zmq_tcp_keepalive_idle", zmq.TCP_KEEPALIVE_IDLE),
+                ("zmq_tcp_keepalive_cnt", zmq.TCP_KEEPALIVE_CNT),
+                ("zmq_tcp_keepalive_intvl", zmq.TCP_KEEPALIVE_INTVL),
+            ):
+                value = getattr(self.opts, name)
+                if value != -1:
+                    sock.setsockopt(opt, value)
+        sock.setsockopt(zmq.IPV6, 1)
+        return sock
+
+    def dealer(self, dynamic: bool = False) -> zmq.Socket:
+        """A client-side DEALER; with zmq_immediate, messages only queue on completed connections."""
+        sock = self._configure(self.context.socket(zmq.DEALER), dynamic)
+        if self.opts.zmq_immediate or dynamic:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+        return sock
+
+    def router(self) -> zmq.Socket:
+        """A ROUTER that reports unroutable messages (EHOSTUNREACH) instead of dropping them silently."""
+        sock = self._configure(self.context.socket(zmq.ROUTER))
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        return sock
+
+    def bind_in_range(self, sock: zmq.Socket) -> int:
+        """Bind to a random port in rpc_zmq_min_port..rpc_zmq_max_port (max exclusive); return the port."""
+        opts = self.opts
+        low, high, tries = opts.rpc_zmq_min_port, opts.rpc_zmq_max_port, opts.rpc_zmq_bind_port_retries
+        address = _bind_host(opts.rpc_zmq_bind_address)
+        try:
+            return sock.bind_to_random_port(f"tcp://{address}", low, high, max(tries, 1))
+        except zmq.ZMQBindError:
+            raise PortRangeExhausted(
+                f"port range exhausted: no free port on {address} in {low}..{high} after {tries} attempts "
+                "(rpc_zmq_min_port, rpc_zmq_max_port, rpc_zmq_bind_port_retries)"
+            ) from None
+        except zmq.ZMQError as exc:
+            raise RuntimeError(f"cannot bind tcp://{address} (rpc_zmq_bind_address): {exc}") from exc
+
+    def bind_port(self, sock: zmq.Socket, host: str, port: int) -> int:
+        """Bind to a fixed port (0 = random, as the proxy flags define); return the real port."""
+        address = _bind_host(host)
+        try:
+            if port == 0:
+                return sock.bind_to_random_port(f"tcp://{address}")
+            sock.bind(f"tcp://{address}:{port}")
+            return port
+        except zmq.ZMQError as exc:
+            raise RuntimeError(f"cannot bind tcp://{address}:{port}: {exc}") from exc
+
+
+def _bind_host(bind_address: str) -> str:
+    return "*" if bind_address in ("", "0.0.0.0") else bind_address
