@@ -11,6 +11,7 @@ that finds no live connection within ``zmq_connect_timeout`` fails instead of ha
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -191,7 +192,7 @@ class RpcClient:
         frames = self._frame(MessageType.FANOUT, topic, body, msg_id)
         for address in hosts:
             out = _Outgoing(frames, topic, msg_id, None, reroutable=False)
-            self._loop.submit(lambda a=address, o=out: self._route([a], o))
+            self._loop.submit(functools.partial(self._route, [address], out))
         return len(hosts)
 
     def notify(
@@ -309,9 +310,10 @@ class RpcClient:
                 out.tried.update(link.failover)
         else:
             address = candidates[0]
-            link = self._peers.get(address)
-            if link is None:
-                link = self._peers[address] = self._open_link([address], dynamic=False)
+            peer = self._peers.get(address)
+            if peer is None:
+                peer = self._peers[address] = self._open_link([address], dynamic=False)
+            link = peer
         out.tried.update(link.addresses)
         link.outbox.append(out)
         self._flush(link)
@@ -322,7 +324,7 @@ class RpcClient:
             sock.connect(tcp_endpoint(address))
         link = _Link(sock, addresses, dynamic)
         self._links.add(link)
-        self._loop.watch(sock, zmq.POLLIN, lambda flags, lk=link: self._on_events(lk, flags))
+        self._loop.watch(sock, zmq.POLLIN, functools.partial(self._on_events, link))
         return link
 
     def _close_link(self, link: _Link) -> None:
