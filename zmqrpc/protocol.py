@@ -9,6 +9,18 @@ Every message is exactly four ZeroMQ frames (after any identity frames a ROUTER 
 
 A proxy reads only the route frame. Everything received is validated by :func:`decode`, which raises
 :class:`ProtocolError` with a short reason; I/O loops catch it and count the drop in a :class:`DropCounter`.
+
+Routing through a proxy (``use_router_proxy``): every DEALER that talks through proxies has an explicit
+routing id (the same on every proxy it connects to, so a reply may come back through any proxy).
+
+* client -> proxy frontend: ``route`` is the destination server's routing id. The proxy sends the message
+  out of its backend to that id, with ``route`` replaced by the sender's id; the server replies with
+  ``route`` = that client id and the proxy forwards the same way in the other direction. So a proxy only
+  ever swaps the route frame with the sender's id.
+* ``route`` = :data:`PUBLISH` + topic: the proxy publishes the message on its PUB socket, with a first
+  frame :func:`subscription` (topic) so SUB filters match the topic exactly (``foo`` never gets ``foobar``).
+* When the destination id is unknown to the proxy, it answers the sender with an UNROUTABLE message: the
+  original header with its type changed, ``route`` = the unknown id, and empty topic and body.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ class MessageType(enum.IntEnum):
     NOTIFY = 4
     REPLY = 5
     ACK = 6
+    UNROUTABLE = 7  # sent by a proxy: the route frame names no connected peer
 
 
 class Flags(enum.IntFlag):
@@ -103,7 +116,36 @@ _REQUIRED_BODY_KEYS: dict[MessageType, dict[str, type | tuple[type, ...]]] = {
     MessageType.NOTIFY: {"message": dict, "context": dict},
     MessageType.REPLY: {},
     MessageType.ACK: {},
+    MessageType.UNROUTABLE: {},
 }
+_NO_TOPIC_TYPES = (MessageType.REPLY, MessageType.ACK, MessageType.UNROUTABLE)
+
+# Route frame prefix asking a proxy to publish (routing ids set by zmqrpc never start with a zero byte).
+PUBLISH = b"\x00"
+
+# Well-known matchmaker topics under which proxies register their addresses ("host:port").
+PROXY_FRONTENDS = "zmqrpc-proxy.frontend"
+PROXY_BACKENDS = "zmqrpc-proxy.backend"
+PROXY_PUBLISHERS = "zmqrpc-proxy.publisher"
+
+
+def publish_route(topic: str) -> bytes:
+    """The route frame that asks a proxy to publish a message for ``topic``."""
+    return PUBLISH + topic.encode()
+
+
+def subscription(topic: str) -> bytes:
+    """First frame of a published message and the SUB filter for ``topic``: exact match, not prefix."""
+    return topic.encode() + b"\x00"
+
+
+def unroutable_notice(header: bytes, route: bytes) -> list[bytes]:
+    """What a proxy sends back when ``route`` names no connected peer (the header keeps the message id)."""
+    if len(header) != HEADER.size:
+        raise ProtocolError("bad header", f"{len(header)} bytes, expected {HEADER.size}")
+    notice = bytearray(header)
+    notice[3] = MessageType.UNROUTABLE
+    return [bytes(notice), route, b"", b""]
 
 
 @dataclass
@@ -169,8 +211,12 @@ def decode(frames: list[bytes], max_size: int) -> Envelope:
         topic = topic_raw.decode()
     except UnicodeDecodeError:
         raise ProtocolError("bad topic", "not utf-8") from None
-    if msg_type not in (MessageType.REPLY, MessageType.ACK) and not topic:
+    if msg_type not in _NO_TOPIC_TYPES and not topic:
         raise ProtocolError("bad topic", "empty")
+    if msg_type is MessageType.UNROUTABLE:
+        if body_raw:
+            raise ProtocolError("bad body", "UNROUTABLE carries no body")
+        return Envelope(msg_type, topic, {}, msg_id, route, Flags(flag_bits & max(Flags)), serializer.name)
     try:
         body = serializer.loads(body_raw)
     except Exception as exc:  # any decoder failure means an undecodable body

@@ -13,7 +13,7 @@ BODY = {"message": {"method": "ping", "args": {"n": 1}}, "context": {"user": "u"
 
 
 @pytest.mark.parametrize("name", ["json", "msgpack"])
-@pytest.mark.parametrize("msg_type", list(MessageType))
+@pytest.mark.parametrize("msg_type", [t for t in MessageType if t is not MessageType.UNROUTABLE])
 def test_round_trip(name: str, msg_type: MessageType) -> None:
     serializer = protocol.get_serializer(name)
     msg_id = protocol.new_msg_id()
@@ -89,3 +89,21 @@ def test_drop_counter_counts_every_drop_and_logs_each_reason_once(caplog: pytest
     assert drops.total == 4
     assert len(caplog.records) == 2
     assert "bad body" in caplog.records[0].getMessage() and "peer1" in caplog.records[0].getMessage()
+
+
+def test_unroutable_notice_keeps_the_message_id_and_names_the_route() -> None:
+    frames = protocol.encode(MessageType.CALL, "compute", BODY, protocol.get_serializer("msgpack"), b"i" * 16)
+    notice = protocol.decode(protocol.unroutable_notice(frames[0], b"server-9"), 1024)
+    assert (notice.type, notice.msg_id, notice.route, notice.body) == (
+        MessageType.UNROUTABLE,
+        b"i" * 16,
+        b"server-9",
+        {},
+    )
+    with pytest.raises(ProtocolError):
+        protocol.decode([*protocol.unroutable_notice(frames[0], b"x")[:3], b"junk"], 1024)
+
+
+def test_subscriptions_match_exactly_not_by_prefix() -> None:
+    assert not protocol.subscription("foobar").startswith(protocol.subscription("foo"))
+    assert protocol.publish_route("foo").startswith(protocol.PUBLISH)
