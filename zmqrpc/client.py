@@ -1,12 +1,23 @@
 """The RPC client: call, cast, fanout and notify; the one place where a message is routed to a server.
 
 Any number of threads may use one client. Caller threads look up routes (from the cached matchmaker view)
-and frame the message; one I/O thread owns the sockets and completes reply futures.
+and frame the message; one I/O thread owns the sockets, completes reply futures and resends unacked
+messages.
 
-Static direct mode keeps one DEALER per peer for the client's life. Dynamic mode opens a DEALER per message,
-connected to the chosen server plus ``zmq_failover_connections`` other workers of the topic; with
-ZMQ_IMMEDIATE the message goes only to a connection that completed, so a dead host is skipped, and a send
-that finds no live connection within ``zmq_connect_timeout`` fails instead of hanging.
+Connection modes (``[oslo_messaging_zmq]``):
+
+* static direct (default): one DEALER per peer for the client's life.
+* dynamic direct (``use_dynamic_connections``): a DEALER per message, connected to the chosen server; if
+  that connection does not complete quickly, also to ``zmq_failover_connections`` other workers of the
+  topic. With ZMQ_IMMEDIATE a message only goes to a completed connection, so a dead host is skipped, and a
+  send that finds no live connection within ``zmq_connect_timeout`` is rerouted or fails, never hangs.
+* router proxy (``use_router_proxy``): one DEALER, with a routing id of its own, connected to every proxy
+  frontend; the route frame names the server's routing id.
+* ``use_pub_sub``: fanout goes once to a publisher proxy instead of once per server.
+
+With ``rpc_use_acks`` every call, cast and notification asks for an ack; without one in
+``rpc_ack_timeout_base`` (times ``rpc_ack_timeout_multiplier`` per retry) it is resent, up to
+``rpc_retry_attempts`` times (-1: forever). Servers drop the duplicates.
 """
 
 from __future__ import annotations
@@ -27,14 +38,16 @@ from zmqrpc import protocol
 from zmqrpc.errors import CallTimeout, ClientClosed, NoRouteError, RemoteError, Unreachable
 from zmqrpc.ioloop import IOLoop
 from zmqrpc.matchmaker import MatchMaker, RoutingCache, create_matchmaker
-from zmqrpc.protocol import MessageType
-from zmqrpc.sockets import CLOSE_LINGER_MS, SocketFactory, tcp_endpoint
+from zmqrpc.protocol import Flags, MessageType
+from zmqrpc.sockets import CLOSE_LINGER_MS, SocketFactory, new_routing_id, sync_connections, tcp_endpoint
 
 LOG = logging.getLogger(__name__)
 
 # How long a dynamic send waits for its chosen worker before also connecting to the failover workers.
 # Long enough for a connect on a LAN, short enough that a dead worker costs little.
 FAILOVER_GRACE = 0.05
+# How often the client re-reads which proxies exist (from its cached matchmaker view).
+SYNC_INTERVAL = 1.0
 
 
 @dataclass
@@ -43,13 +56,18 @@ class _Outgoing:
     topic: str
     msg_id: bytes
     future: Future | None  # set for calls
-    reroutable: bool  # a bare-topic message may go to another worker if its peer is unreachable
+    reroutable: bool  # a bare-topic message may go to another worker if its server is unreachable
     deadline: float = 0.0  # calls: when the caller stops waiting (monotonic)
+    wants_ack: bool = False
+    attempts: int = 0  # resends so far
+    ack_due: float = float("inf")
+    dest: str = ""  # the address (direct) or routing id (proxy) it was last sent to
     tried: set[str] = field(default_factory=set)
 
 
 class _Link:
-    """One outgoing DEALER: a kept connection to a peer (static) or a one-shot connection (dynamic)."""
+    """One outgoing DEALER: a kept connection to a peer (static), a one-shot connection (dynamic), or the
+    connection to all proxy frontends."""
 
     def __init__(self, sock: zmq.Socket, addresses: list[str], dynamic: bool) -> None:
         self.sock = sock
@@ -57,7 +75,7 @@ class _Link:
         self.dynamic = dynamic
         self.outbox: deque[_Outgoing] = deque()
         self.blocked_since: float | None = None
-        self.awaiting: dict[bytes, float] = {}  # dynamic: msg_id -> reply deadline
+        self.awaiting: dict[bytes, float] = {}  # dynamic: msg_id -> when to stop waiting for reply/ack
         self.failover: list[str] = []  # dynamic: other workers to connect to if the first is slow
         self.failover_at = 0.0
 
@@ -75,6 +93,9 @@ class RpcClient:
         opts = settings.zmq
         self._opts = opts
         self._dynamic = bool(opts.use_dynamic_connections)
+        self._via_proxy = bool(opts.use_router_proxy)
+        self._pub_sub = bool(opts.use_pub_sub)
+        self._acks = bool(opts.rpc_use_acks)
         self._serializer = protocol.get_serializer(opts.rpc_zmq_serialization)
         self._max_size = opts.rpc_zmq_max_message_size
         self._connect_timeout = float(opts.zmq_connect_timeout)
@@ -83,14 +104,25 @@ class RpcClient:
         self.routes = RoutingCache(self.matchmaker, opts.rpc_zmq_cache_refresh)
         self._sockets = SocketFactory(opts, context)
         self._pending: dict[bytes, Future] = {}
+        self._tracking: dict[bytes, _Outgoing] = {}  # calls and acked messages, until reply/ack (I/O thread)
         self._round_robin: dict[str, itertools.count] = {}
         self._peers: dict[str, _Link] = {}  # static links by address (I/O thread only)
         self._links: set[_Link] = set()  # every open link (I/O thread only)
+        self._proxy_link: _Link | None = None
+        self._frontends: set[str] = set()
+        self._next_sync = 0.0
+        self._warned: set[str] = set()
         self.drops = protocol.DropCounter("client")
         self.undelivered = 0  # casts/fanouts that no live server took (counted, logged)
+        self.resent = 0
         self._closed = False
         self._loop = IOLoop("zmqrpc-client-io", tick_interval=FAILOVER_GRACE / 2)
-        self._loop.add_ticker(self._check_links)
+        self._loop.add_ticker(self._on_tick)
+        if self._via_proxy or self._pub_sub:
+            # Proxies are found through the matchmaker; this first lookup makes the cache follow them.
+            if not self.routes.lookup(protocol.PROXY_FRONTENDS):
+                self._warn(f"no proxy is registered under {protocol.PROXY_FRONTENDS} yet")
+            self._loop.submit(self._open_proxy_link)
         self._loop.start()
 
     # ------------------------------------------------------------------ public API (any thread)
@@ -106,8 +138,9 @@ class RpcClient:
     ) -> Any:
         """Call ``method`` on one server of ``topic`` (or on ``server``) and return its result.
 
-        Raises CallTimeout when no reply arrives within ``timeout`` seconds, RemoteError when the remote
-        method raised, NoRouteError when no server is registered for the topic.
+        Raises CallTimeout when no reply arrives within ``timeout`` seconds (Unreachable, a CallTimeout,
+        sooner when the bus knows the server is gone), RemoteError when the remote method raised,
+        NoRouteError when no server is registered for the topic.
         """
         future = self.call_async(topic, method, args, timeout=timeout, context=context, server=server)
         return self.wait(future, timeout)
@@ -126,14 +159,20 @@ class RpcClient:
         if timeout is None or timeout <= 0:
             raise ValueError(f"a call needs a positive timeout (got {timeout!r} for topic {topic!r})")
         target = f"{topic}.{server}" if server else topic
-        body = {"message": {"method": method, "args": args or {}}, "context": context or {}}
         future: Future = Future()
         msg_id = protocol.new_msg_id()
         future.msg_id = msg_id  # type: ignore[attr-defined]
         self._pending[msg_id] = future
         try:
             self._send_one(
-                MessageType.CALL, target, body, msg_id, future, reroutable=not server, timeout=timeout
+                MessageType.CALL,
+                target,
+                _body(method, args, context),
+                msg_id,
+                future,
+                not server,
+                True,
+                timeout,
             )
         except BaseException:
             self._pending.pop(msg_id, None)
@@ -146,6 +185,7 @@ class RpcClient:
             body = future.result(timeout)
         except FutureTimeout:
             self._pending.pop(future.msg_id, None)  # type: ignore[attr-defined]
+            self._tracking.pop(future.msg_id, None)  # type: ignore[attr-defined]
             raise CallTimeout(f"no reply within {timeout} s") from None
         failure = body.get("failure")
         if failure is not None:
@@ -171,8 +211,8 @@ class RpcClient:
         A topic nobody serves is counted in ``undelivered`` and logged; ``strict`` raises NoRouteError.
         """
         target = f"{topic}.{server}" if server else topic
-        body = {"message": {"method": method, "args": args or {}}, "context": context or {}}
-        self._cast_like(MessageType.CAST, target, body, reroutable=not server, strict=strict)
+        body = _body(method, args, context)
+        self._send_one(MessageType.CAST, target, body, protocol.new_msg_id(), None, not server, strict)
 
     def fanout(
         self,
@@ -183,16 +223,18 @@ class RpcClient:
         context: dict[str, Any] | None = None,
         strict: bool = False,
     ) -> int:
-        """Send ``method`` to every server of ``topic``; returns how many servers it was sent to."""
-        body = {"message": {"method": method, "args": args or {}}, "context": context or {}}
+        """Send ``method`` to every server of ``topic``; returns how many servers it is meant for."""
         hosts = self._hosts(topic, strict)
         if not hosts:
             return 0
-        msg_id = protocol.new_msg_id()
-        frames = self._frame(MessageType.FANOUT, topic, body, msg_id)
-        for address in hosts:
-            out = _Outgoing(frames, topic, msg_id, None, reroutable=False)
-            self._loop.submit(functools.partial(self._route, [address], out))
+        frames = self._frame(MessageType.FANOUT, topic, _body(method, args, context), protocol.new_msg_id())
+        unicast = hosts
+        if self._pub_sub:
+            unicast = self._publish(topic, hosts, frames)
+        for host in unicast:
+            # Each copy is its own message (own id), so acks and duplicate suppression work per server.
+            copy = protocol.readdress(frames, msg_id=protocol.new_msg_id())
+            self._submit_route([host], self._outgoing(copy, topic, None, False, self._acks))
         return len(hosts)
 
     def notify(
@@ -214,9 +256,9 @@ class RpcClient:
             "publisher_id": publisher_id,
             "timestamp": time.time(),
         }
-        target = f"{topic}.{priority.lower()}"
         body = {"message": message, "context": context or {}}
-        self._cast_like(MessageType.NOTIFY, target, body, reroutable=True, strict=strict)
+        target = f"{topic}.{priority.lower()}"
+        self._send_one(MessageType.NOTIFY, target, body, protocol.new_msg_id(), None, True, strict)
 
     def close(self) -> None:
         """Stop the I/O thread, close sockets (bounded linger) and fail pending calls with ClientClosed."""
@@ -241,7 +283,8 @@ class RpcClient:
 
     # ------------------------------------------------------------------ caller-thread helpers
     def _frame(self, msg_type: MessageType, topic: str, body: dict, msg_id: bytes) -> list[bytes]:
-        frames = protocol.encode(msg_type, topic, body, self._serializer, msg_id=msg_id)
+        flags = Flags.WANTS_ACK if self._acks else Flags.NONE
+        frames = protocol.encode(msg_type, topic, body, self._serializer, msg_id=msg_id, flags=flags)
         size = sum(len(f) for f in frames)
         if size > self._max_size:
             raise ValueError(
@@ -272,6 +315,12 @@ class RpcClient:
         start = next(counter) % len(hosts)
         return hosts[start:] + hosts[:start]
 
+    def _outgoing(
+        self, frames: list[bytes], topic: str, future: Future | None, reroutable: bool, wants_ack: bool
+    ) -> _Outgoing:
+        msg_id = frames[0][6:]
+        return _Outgoing(frames, topic, msg_id, future, reroutable, wants_ack=wants_ack)
+
     def _send_one(
         self,
         msg_type: MessageType,
@@ -280,52 +329,102 @@ class RpcClient:
         msg_id: bytes,
         future: Future | None,
         reroutable: bool,
-        strict: bool = True,
+        strict: bool,
         timeout: float = 0.0,
     ) -> None:
         hosts = self._hosts(target, strict)
         if not hosts:
             return
-        frames = self._frame(msg_type, target, body, msg_id)
-        deadline = time.monotonic() + timeout if timeout else 0.0
-        out = _Outgoing(frames, target, msg_id, future, reroutable, deadline)
-        ordered = self._pick(target, hosts)
-        self._loop.submit(lambda: self._route(ordered, out))
+        out = self._outgoing(
+            self._frame(msg_type, target, body, msg_id), target, future, reroutable, self._acks
+        )
+        if timeout:
+            out.deadline = time.monotonic() + timeout
+        self._submit_route(self._pick(target, hosts), out)
 
-    def _cast_like(
-        self, msg_type: MessageType, target: str, body: dict, reroutable: bool, strict: bool
-    ) -> None:
-        self._send_one(msg_type, target, body, protocol.new_msg_id(), None, reroutable, strict)
+    def _submit_route(self, ordered: list[str], out: _Outgoing) -> None:
+        self._loop.submit(functools.partial(self._route, ordered, out))
+
+    def _publish(self, topic: str, hosts: list[str], frames: list[bytes]) -> list[str]:
+        """Publish one copy through a proxy; returns the servers that need a unicast copy instead."""
+        if not self.routes.lookup(protocol.PROXY_PUBLISHERS):
+            self._warn(
+                f"use_pub_sub = true but no proxy publishes ({protocol.PROXY_PUBLISHERS} is empty; check "
+                "use_pub_sub on the proxies): fanout goes to each server instead"
+            )
+            return hosts
+        subscribers = set(self.routes.lookup(protocol.subscribers_topic(topic)))
+        others = [h for h in hosts if h not in subscribers]
+        if others:
+            self._warn(
+                f"servers of {topic!r} without use_pub_sub ({', '.join(others)}): they get fanout one by one"
+            )
+        if subscribers & set(hosts):
+            published = protocol.readdress(frames, route=protocol.publish_route(topic))
+            # Published copies have no reply path, so they are never acked.
+            self._loop.submit(
+                functools.partial(self._send_published, self._outgoing(published, topic, None, False, False))
+            )
+        return others
+
+    def _warn(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            LOG.warning(message)
 
     # ------------------------------------------------------------------ I/O thread
     def _route(self, ordered: list[str], out: _Outgoing) -> None:
-        """Hand a message to a link: the first candidate's peer (static) or a new one-shot link (dynamic)."""
+        """Hand a message to a link for the first candidate not tried yet."""
         candidates = [a for a in ordered if a not in out.tried] or ordered
-        if self._dynamic:
-            # The chosen server plus zmq_failover_connections other workers of the same topic.
+        dest = candidates[0]
+        if self._via_proxy:
+            out.frames = protocol.readdress(out.frames, route=dest.encode())
+            link = self._proxy_link
+            assert link is not None
+        elif self._dynamic:
             link = self._open_link(candidates[:1], dynamic=True)
             if out.reroutable:
                 link.failover = candidates[1 : 1 + max(0, self._opts.zmq_failover_connections)]
                 link.failover_at = time.monotonic() + FAILOVER_GRACE
-                out.tried.update(link.failover)
         else:
-            address = candidates[0]
-            peer = self._peers.get(address)
+            peer = self._peers.get(dest)
             if peer is None:
-                peer = self._peers[address] = self._open_link([address], dynamic=False)
+                peer = self._peers[dest] = self._open_link([dest], dynamic=False)
             link = peer
-        out.tried.update(link.addresses)
+        out.dest = dest
+        out.tried.add(dest)
+        if out.future is not None or out.wants_ack:
+            self._tracking[out.msg_id] = out
         link.outbox.append(out)
         self._flush(link)
 
-    def _open_link(self, addresses: list[str], dynamic: bool) -> _Link:
-        sock = self._sockets.dealer(dynamic=dynamic)
+    def _send_published(self, out: _Outgoing) -> None:
+        assert self._proxy_link is not None
+        self._proxy_link.outbox.append(out)
+        self._flush(self._proxy_link)
+
+    def _open_link(self, addresses: list[str], dynamic: bool, identity: str | None = None) -> _Link:
+        sock = self._sockets.dealer(dynamic=dynamic, identity=identity)
         for address in addresses:
             sock.connect(tcp_endpoint(address))
-        link = _Link(sock, addresses, dynamic)
+        link = _Link(sock, list(addresses), dynamic)
         self._links.add(link)
         self._loop.watch(sock, zmq.POLLIN, functools.partial(self._on_events, link))
         return link
+
+    def _open_proxy_link(self) -> None:
+        host = self._opts.rpc_zmq_host
+        self._proxy_link = self._open_link([], dynamic=False, identity=new_routing_id(f"client-{host}"))
+        self._sync_proxies(0.0)
+
+    def _sync_proxies(self, now: float) -> None:
+        if self._proxy_link is None or now < self._next_sync:
+            return
+        self._next_sync = now + SYNC_INTERVAL
+        sync_connections(
+            self._proxy_link.sock, self._frontends, self.routes.lookup_cached(protocol.PROXY_FRONTENDS)
+        )
+        self._proxy_link.addresses = sorted(self._frontends)
 
     def _close_link(self, link: _Link) -> None:
         self._links.discard(link)
@@ -355,14 +454,20 @@ class RpcClient:
                 break
             outbox.popleft()
             link.blocked_since = None
-            if link.dynamic and out.future is not None:
-                link.awaiting[out.msg_id] = out.deadline
+            now = time.monotonic()
+            if out.wants_ack:
+                out.ack_due = now + self._ack_timeout(out.attempts)
+            if link.dynamic and (out.future is not None or out.wants_ack):
+                link.awaiting[out.msg_id] = max(out.deadline, out.ack_due if out.wants_ack else 0.0)
         if link not in self._links:
             return
         if link.dynamic and not outbox and not link.awaiting:
             self._close_link(link)
             return
         self._loop.set_flags(sock, zmq.POLLIN | (zmq.POLLOUT if outbox else 0))
+
+    def _ack_timeout(self, attempt: int) -> float:
+        return float(self._opts.rpc_ack_timeout_base * self._opts.rpc_ack_timeout_multiplier**attempt)
 
     def _receive(self, link: _Link) -> None:
         sock = link.sock
@@ -376,18 +481,71 @@ class RpcClient:
             except protocol.ProtocolError as exc:
                 self.drops.drop(exc.reason, exc.detail, ",".join(link.addresses))
                 continue
-            if env.type is not MessageType.REPLY:
+            if env.type is MessageType.ACK:
+                self._on_ack(link, env.msg_id)
+            elif env.type is MessageType.REPLY:
+                self._on_reply(link, env)
+            elif env.type is MessageType.UNROUTABLE:
+                self._on_unroutable(env)
+            else:
                 self.drops.drop("unexpected type", env.type.name, ",".join(link.addresses))
-                continue
-            link.awaiting.pop(env.msg_id, None)
-            future = self._pending.pop(env.msg_id, None)
-            if future is not None and not future.done():
-                future.set_result(env.body)
         if link.dynamic and not link.outbox and not link.awaiting and link in self._links:
             self._close_link(link)
 
-    def _check_links(self, now: float) -> None:
-        """Fail or reroute messages stuck on links that have no live connection; expire dynamic links."""
+    def _on_ack(self, link: _Link, msg_id: bytes) -> None:
+        out = self._tracking.get(msg_id)
+        if out is None:
+            return
+        out.ack_due = float("inf")
+        if out.future is None:  # a cast: nothing more to wait for
+            del self._tracking[msg_id]
+            link.awaiting.pop(msg_id, None)
+
+    def _on_reply(self, link: _Link, env: protocol.Envelope) -> None:
+        link.awaiting.pop(env.msg_id, None)
+        self._tracking.pop(env.msg_id, None)
+        future = self._pending.pop(env.msg_id, None)
+        if future is not None and not future.done():
+            future.set_result(env.body)
+
+    def _on_unroutable(self, env: protocol.Envelope) -> None:
+        """A proxy says the server we routed to is not connected: try another worker, or fail fast."""
+        gone = env.route.decode(errors="replace")
+        self.routes.forget_address(gone)
+        out = self._tracking.pop(env.msg_id, None)
+        if out is None:
+            self.undelivered += 1
+            LOG.warning("a proxy could not route a message to %s (not connected)", gone or "a publisher")
+            return
+        self._retry_elsewhere(out, f"server {gone} is not connected to the proxies")
+
+    def _retry_elsewhere(self, out: _Outgoing, why: str) -> None:
+        others = [a for a in self.routes.lookup_cached(out.topic) if a not in out.tried]
+        if out.reroutable and others:
+            self._route(others, out)
+        else:
+            self._defer_or_fail(out, why)
+
+    def _defer_or_fail(self, out: _Outgoing, why: str) -> None:
+        if out.wants_ack:
+            # Wait for the next resend: by then the server may be back (restarted, re-registered).
+            out.ack_due = time.monotonic() + self._ack_timeout(out.attempts)
+            self._tracking[out.msg_id] = out
+        else:
+            self._fail(out, why)
+
+    def _fail(self, out: _Outgoing, why: str) -> None:
+        self._tracking.pop(out.msg_id, None)
+        if out.future is not None:
+            self._pending.pop(out.msg_id, None)
+            if not out.future.done():
+                out.future.set_exception(Unreachable(f"call to {out.topic!r} not delivered: {why}"))
+        else:
+            self.undelivered += 1
+            LOG.warning("message to %r not delivered: %s", out.topic, why)
+
+    def _on_tick(self, now: float) -> None:
+        self._sync_proxies(now)
         for link in list(self._links):
             if link.failover and link.outbox and now >= link.failover_at:
                 # The chosen worker did not accept the connection quickly: let the others race for it.
@@ -403,35 +561,59 @@ class RpcClient:
                         del link.awaiting[msg_id]
                 if not link.awaiting:
                     self._close_link(link)
+        if self._acks:
+            self._resend_unacked(now)
+
+    def _resend_unacked(self, now: float) -> None:
+        limit = self._opts.rpc_retry_attempts
+        for out in [o for o in self._tracking.values() if o.ack_due <= now]:
+            if out.future is not None and (out.future.done() or out.msg_id not in self._pending):
+                self._tracking.pop(out.msg_id, None)  # the caller stopped waiting
+                continue
+            if limit is not None and limit >= 0 and out.attempts >= limit:
+                self._fail(out, f"no ack after {out.attempts + 1} attempts (rpc_retry_attempts={limit})")
+                continue
+            out.attempts += 1
+            out.ack_due = float("inf")
+            self.resent += 1
+            hosts = self.routes.lookup_cached(out.topic)
+            # The same server first, so its duplicate filter sees the resend; another if it is gone.
+            if out.dest in hosts:
+                ordered = [out.dest]
+                out.tried.discard(out.dest)
+            else:
+                ordered = [h for h in hosts if h not in out.tried] or hosts
+            if ordered:
+                self._route(ordered, out)
+            else:
+                self._fail(out, "no server left for the topic")
 
     def _give_up_on(self, link: _Link) -> None:
+        """No live connection within zmq_connect_timeout: reroute what waits on the link, or fail it."""
         stuck = list(link.outbox)
         link.outbox.clear()
+        link.blocked_since = None
         LOG.warning(
             "no live connection to %s within %.1f s (zmq_connect_timeout): %d message(s) rerouted or failed",
-            ",".join(link.addresses),
+            ",".join(link.addresses) or "any proxy",
             self._connect_timeout,
             len(stuck),
         )
-        for address in link.addresses:
-            self.routes.forget_address(address)
-        self._close_link(link)
+        if link is not self._proxy_link:
+            for address in link.addresses:
+                self.routes.forget_address(address)
+            self._close_link(link)
         for out in stuck:
-            others = [a for a in self.routes.lookup_cached(out.topic) if a not in out.tried]
-            if out.reroutable and others:
-                self._route(others, out)
-            elif out.future is not None:
-                if not out.future.done():
-                    self._pending.pop(out.msg_id, None)
-                    out.future.set_exception(
-                        Unreachable(
-                            f"no live server for topic {out.topic!r} at {','.join(sorted(out.tried))}"
-                        )
-                    )
+            if link is self._proxy_link:
+                self._defer_or_fail(out, "no proxy frontend is reachable")
             else:
-                self.undelivered += 1
+                self._retry_elsewhere(out, f"no live server at {','.join(sorted(out.tried))}")
 
     def _close_all(self) -> None:
         for link in list(self._links):
             link.sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
             self._close_link(link)
+
+
+def _body(method: str, args: dict[str, Any] | None, context: dict[str, Any] | None) -> dict[str, Any]:
+    return {"message": {"method": method, "args": args or {}}, "context": context or {}}

@@ -129,6 +129,15 @@ PROXY_BACKENDS = "zmqrpc-proxy.backend"
 PROXY_PUBLISHERS = "zmqrpc-proxy.publisher"
 
 
+def subscribers_topic(topic: str) -> str:
+    """Matchmaker topic under which servers that take published fanout for ``topic`` register.
+
+    A client compares it with the topic's servers, so a server without use_pub_sub still gets its copy
+    (and the mismatch is reported) instead of silently missing published fanout.
+    """
+    return f"zmqrpc-subscribers:{topic}"
+
+
 def publish_route(topic: str) -> bytes:
     """The route frame that asks a proxy to publish a message for ``topic``."""
     return PUBLISH + topic.encode()
@@ -181,6 +190,14 @@ def encode(
     """Frame one message; returns the four frames to send."""
     header = HEADER.pack(MAGIC, VERSION, msg_type, serializer.code, flags, msg_id or new_msg_id())
     return [header, route, topic.encode(), serializer.dumps(body)]
+
+
+def readdress(frames: list[bytes], msg_id: bytes | None = None, route: bytes | None = None) -> list[bytes]:
+    """A copy of framed message with another message id and/or route (the body is not re-serialized)."""
+    header, old_route, topic, body = frames
+    if msg_id is not None:
+        header = header[:6] + msg_id
+    return [header, old_route if route is None else route, topic, body]
 
 
 def decode(frames: list[bytes], max_size: int) -> Envelope:

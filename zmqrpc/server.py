@@ -9,8 +9,9 @@ instead of an unbounded queue. Replies go back on the connection the request cam
 from __future__ import annotations
 
 import logging
+import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,11 +21,14 @@ import zmq
 
 from zmqrpc import protocol
 from zmqrpc.ioloop import IOLoop
-from zmqrpc.matchmaker import MatchMaker, Registrar, create_matchmaker
+from zmqrpc.matchmaker import MatchMaker, Registrar, RoutingCache, create_matchmaker
 from zmqrpc.protocol import Envelope, MessageType
-from zmqrpc.sockets import CLOSE_LINGER_MS, SocketFactory
+from zmqrpc.sockets import CLOSE_LINGER_MS, SocketFactory, new_routing_id, sync_connections
 
 LOG = logging.getLogger(__name__)
+
+# How often a server re-reads which proxies and publishers exist (from its cached matchmaker view).
+SYNC_INTERVAL = 1.0
 
 NOTIFICATION_PRIORITIES = ("audit", "debug", "info", "warn", "warning", "error", "critical", "sample")
 
@@ -98,8 +102,61 @@ def describe_failure(exc: BaseException) -> dict[str, str]:
     }
 
 
+@dataclass
+class _ReplyPath:
+    """Where a reply or ack to one request goes: a socket, its identity prefix, and the route frame."""
+
+    sock: zmq.Socket
+    prefix: list[bytes]
+    route: bytes
+
+
+class DuplicateFilter:
+    """Message ids seen within ``rpc_message_ttl`` seconds, with the reply each call got.
+
+    Used only for messages that ask for acks: a sender that missed an ack resends, and the resend must
+    neither run again nor go unanswered.
+    """
+
+    def __init__(self, ttl: float, limit: int = 100_000) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._seen: OrderedDict[bytes, list[Any]] = OrderedDict()  # msg_id -> [expires, reply or None]
+
+    def seen(self, msg_id: bytes, now: float) -> tuple[bool, list[bytes] | None]:
+        """(already seen?, the reply it got if finished); records the id when new."""
+        self._expire(now)
+        entry = self._seen.get(msg_id)
+        if entry is not None:
+            return True, entry[1]
+        self._seen[msg_id] = [now + self.ttl, None]
+        return False, None
+
+    def remember_reply(self, msg_id: bytes, reply: list[bytes]) -> None:
+        entry = self._seen.get(msg_id)
+        if entry is not None:
+            entry[1] = reply
+
+    def _expire(self, now: float) -> None:
+        seen = self._seen
+        while seen:
+            msg_id, (expires, _) = next(iter(seen.items()))
+            if expires > now and len(seen) <= self.limit:
+                break
+            del seen[msg_id]
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
 class RpcServer:
-    """Serves one or more bare topics (and their directed ``topic.<server>`` forms)."""
+    """Serves one or more bare topics (and their directed ``topic.<server>`` forms).
+
+    Direct modes bind a ROUTER in the port range and register ``host:port``. With ``use_router_proxy`` the
+    server instead connects a DEALER to every proxy backend and registers its routing id. With
+    ``use_pub_sub`` it also subscribes to the publishers (``subscribe_on``, or the proxies the matchmaker
+    knows) for fanout to its bare topics.
+    """
 
     def __init__(
         self,
@@ -122,41 +179,66 @@ class RpcServer:
         self._serializer = protocol.get_serializer(opts.rpc_zmq_serialization)
         self._max_size = opts.rpc_zmq_max_message_size
         self._pool_size = max(1, opts.rpc_thread_pool_size)
+        self._via_proxy = bool(opts.use_router_proxy)
+        self._pub_sub = bool(opts.use_pub_sub)
         self._owns_matchmaker = matchmaker is None
         self.matchmaker = matchmaker or create_matchmaker(settings)
         self._registrar = Registrar(self.matchmaker, opts.zmq_target_expire, opts.zmq_target_update)
+        self._proxies = RoutingCache(self.matchmaker, opts.rpc_zmq_cache_refresh)
+        self._duplicates = DuplicateFilter(opts.rpc_message_ttl)
         self._sockets = SocketFactory(opts, context)
-        self._router: zmq.Socket | None = None
+        self._inbound: zmq.Socket | None = None  # ROUTER (direct) or DEALER (through proxies)
+        self._sub: zmq.Socket | None = None
+        self._backends: set[str] = set()
+        self._publishers: set[str] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._loop = IOLoop(f"zmqrpc-server-{self.topics[0]}")
-        self._finished: deque[tuple[bytes, list[bytes] | None]] = deque()
+        self._finished: deque[tuple[_ReplyPath | None, list[bytes] | None, bytes, bool]] = deque()
         self._in_flight = 0
+        self._next_sync = 0.0
         self.address = ""
         self.port = 0
         self.drops = protocol.DropCounter(f"server {self.server} ({','.join(self.topics)})")
         self.processed = 0
+        self.duplicates = 0
 
     def start(self) -> RpcServer:
-        """Bind, register in the matchmaker and start serving; returns self."""
-        router = self._sockets.router()
-        try:
-            self.port = self._sockets.bind_in_range(router)
-        except BaseException:
-            router.close(0)
-            raise
-        self._router = router
-        self.address = f"{self.settings.zmq.advertise_host}:{self.port}"
+        """Bind or connect, register in the matchmaker and start serving; returns self."""
+        if self._via_proxy:
+            self.address = new_routing_id(self.server)
+            inbound = self._sockets.dealer(identity=self.address)
+            self._proxies.lookup(protocol.PROXY_BACKENDS)  # first lookup: known (and refreshed) from now on
+        else:
+            inbound = self._sockets.router()
+            try:
+                self.port = self._sockets.bind_in_range(inbound)
+            except BaseException:
+                inbound.close(0)
+                raise
+            self.address = f"{self.settings.zmq.advertise_host}:{self.port}"
+        self._inbound = inbound
+        if self._pub_sub:
+            self._sub = self._sockets.subscriber()
+            for topic in self.topics:
+                self._sub.setsockopt(zmq.SUBSCRIBE, protocol.subscription(topic))
+            if not self.settings.zmq.subscribe_on:
+                self._proxies.lookup(protocol.PROXY_PUBLISHERS)
         self._executor = ThreadPoolExecutor(self._pool_size, thread_name_prefix=f"zmqrpc-{self.topics[0]}")
-        self._loop.submit(lambda: self._loop.watch(router, zmq.POLLIN, self._on_request))
+        self._loop.submit(self._watch_sockets)
+        self._loop.add_ticker(self._sync_connections)
         self._loop.start()
         for topic in sorted(self._serving):
             self._registrar.add(topic, self.address)
+        if self._pub_sub:
+            for topic in self.topics:
+                self._registrar.add(protocol.subscribers_topic(topic), self.address)
         LOG.info("serving %s on %s", ", ".join(sorted(self._serving)), self.address)
         return self
 
     def stop(self) -> None:
-        """Unregister, stop reading, finish running requests, close the socket."""
+        """Unregister, stop reading, finish running requests, close the sockets."""
         self._registrar.close()
+        self._proxies.close()
         if self._owns_matchmaker:
             self.matchmaker.close()
         if self._executor is not None:
@@ -171,45 +253,120 @@ class RpcServer:
         self.stop()
 
     # ------------------------------------------------------------------ I/O thread
-    def _close(self) -> None:
-        if self._router is not None:
-            self._drain_finished()
-            self._loop.unwatch(self._router)
-            self._router.close(CLOSE_LINGER_MS)
-            self._router = None
+    def _watch_sockets(self) -> None:
+        assert self._inbound is not None
+        self._loop.watch(self._inbound, zmq.POLLIN, self._on_inbound)
+        if self._sub is not None:
+            self._loop.watch(self._sub, zmq.POLLIN, self._on_published)
+        self._sync_connections(0.0)
 
-    def _on_request(self, flags: int) -> None:
-        router = self._router
-        assert router is not None
-        while self._in_flight < self._pool_size:
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self._accept(frames)
+    def _sync_connections(self, now: float) -> None:
+        """Follow the proxies the matchmaker knows: connect to new ones, drop those that are gone."""
+        if now < self._next_sync:
+            return
+        self._next_sync = now + SYNC_INTERVAL
+        if self._via_proxy and self._inbound is not None:
+            backends = self._proxies.lookup_cached(protocol.PROXY_BACKENDS)
+            if not backends and not self._backends:
+                _warn_once(
+                    LOG,
+                    "use_router_proxy = true but no proxy backend is registered yet (%s)",
+                    protocol.PROXY_BACKENDS,
+                )
+            sync_connections(self._inbound, self._backends, backends)
+        if self._sub is not None:
+            publishers = self.settings.zmq.subscribe_on or self._proxies.lookup_cached(
+                protocol.PROXY_PUBLISHERS
+            )
+            if not publishers:
+                _warn_once(
+                    LOG,
+                    "use_pub_sub = true but no publisher is known (subscribe_on is empty and "
+                    "nothing is registered under %s): fanout cannot reach this server",
+                    protocol.PROXY_PUBLISHERS,
+                )
+            sync_connections(self._sub, self._publishers, publishers)
+
+    def _close(self) -> None:
+        self._drain_finished()
+        for sock in (self._inbound, self._sub):
+            if sock is not None:
+                self._loop.unwatch(sock)
+                sock.close(CLOSE_LINGER_MS)
+        self._inbound = self._sub = None
+
+    def _pause_if_full(self) -> None:
         if self._in_flight >= self._pool_size:
             # Pool full: stop reading until a worker finishes (back-pressure through the HWM).
-            self._loop.set_flags(router, 0)
+            for sock in (self._inbound, self._sub):
+                if sock is not None:
+                    self._loop.set_flags(sock, 0)
 
-    def _accept(self, frames: list[bytes]) -> None:
-        identity, payload = frames[0], frames[1:]
-        peer = identity.hex()
+    def _on_inbound(self, flags: int) -> None:
+        sock = self._inbound
+        assert sock is not None
+        while self._in_flight < self._pool_size:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if self._via_proxy:
+                # [header, route = the caller's id, topic, body]; replies go back through any proxy.
+                route = frames[1] if len(frames) > 1 else b""
+                self._accept(frames, _ReplyPath(sock, [], route), "proxy")
+            else:
+                identity = frames[0]
+                self._accept(frames[1:], _ReplyPath(sock, [identity], b""), identity.hex())
+        self._pause_if_full()
+
+    def _on_published(self, flags: int) -> None:
+        sock = self._sub
+        assert sock is not None
+        while self._in_flight < self._pool_size:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            # [subscription, header, route = the publisher's id for the caller, topic, body]
+            self._accept(frames[1:], None, "publisher")
+        self._pause_if_full()
+
+    def _accept(self, payload: list[bytes], reply_to: _ReplyPath | None, peer: str) -> None:
         try:
             env = protocol.decode(payload, self._max_size)
         except protocol.ProtocolError as exc:
             self.drops.drop(exc.reason, exc.detail, peer)
             return
-        if env.type in (MessageType.REPLY, MessageType.ACK):
+        if env.type in (MessageType.REPLY, MessageType.ACK, MessageType.UNROUTABLE):
             self.drops.drop("unexpected type", env.type.name, peer)
             return
         if env.topic not in self._serving:
             self.drops.drop("wrong topic", env.topic, peer)
             return
+        if reply_to is None and env.type is not MessageType.FANOUT:
+            self.drops.drop("unexpected type", f"{env.type.name} on the subscriber socket", peer)
+            return
+        acked = env.wants_ack and reply_to is not None
+        if acked:
+            assert reply_to is not None
+            self._send(
+                reply_to,
+                protocol.encode(
+                    MessageType.ACK, "", {}, self._serializer, msg_id=env.msg_id, route=reply_to.route
+                ),
+            )
+            duplicate, reply = self._duplicates.seen(env.msg_id, time.monotonic())
+            if duplicate:
+                # A resend after a lost ack: never run it twice; answer a finished call again.
+                self.duplicates += 1
+                if reply is not None:
+                    self._send(reply_to, reply)
+                return
         self._in_flight += 1
         assert self._executor is not None
-        self._executor.submit(self._work, identity, env)
+        self._executor.submit(self._work, reply_to, env, acked)
 
-    def _work(self, identity: bytes, env: Envelope) -> None:
+    def _work(self, reply_to: _ReplyPath | None, env: Envelope, acked: bool) -> None:
         """Worker thread: run the request, frame the reply for a call, hand it to the I/O thread."""
         request = Request(env.type, env.topic, env.body["context"], env.body["message"], env.msg_id)
         try:
@@ -220,45 +377,61 @@ class RpcServer:
                 LOG.exception("%s on topic %r failed", env.type.name.lower(), env.topic)
             body = {"failure": describe_failure(exc)}
         reply = None
-        if env.type is MessageType.CALL:
-            reply = self._frame_reply(env, body)
-        self._finished.append((identity, reply))
+        if env.type is MessageType.CALL and reply_to is not None:
+            reply = self._frame_reply(env, body, reply_to.route)
+        self._finished.append((reply_to, reply, env.msg_id, acked))
         self._loop.submit(self._drain_finished)
 
-    def _frame_reply(self, env: Envelope, body: dict[str, Any]) -> list[bytes]:
+    def _frame_reply(self, env: Envelope, body: dict[str, Any], route: bytes) -> list[bytes]:
+        def frame(content: dict[str, Any]) -> list[bytes]:
+            return protocol.encode(
+                MessageType.REPLY, "", content, self._serializer, msg_id=env.msg_id, route=route
+            )
+
         try:
-            frames = protocol.encode(MessageType.REPLY, "", body, self._serializer, msg_id=env.msg_id)
+            frames = frame(body)
         except (TypeError, ValueError) as exc:
-            body = {
-                "failure": describe_failure(TypeError(f"result of {env.topic!r} cannot be serialized: {exc}"))
-            }
-            frames = protocol.encode(MessageType.REPLY, "", body, self._serializer, msg_id=env.msg_id)
+            frames = frame({"failure": describe_failure(TypeError(f"result cannot be serialized: {exc}"))})
         if sum(len(f) for f in frames) > self._max_size:
-            failure = ValueError(f"reply is over rpc_zmq_max_message_size={self._max_size}")
-            frames = protocol.encode(
-                MessageType.REPLY,
-                "",
-                {"failure": describe_failure(failure)},
-                self._serializer,
-                msg_id=env.msg_id,
+            frames = frame(
+                {
+                    "failure": describe_failure(
+                        ValueError(f"reply is over rpc_zmq_max_message_size={self._max_size}")
+                    )
+                }
             )
         return frames
 
+    def _send(self, reply_to: _ReplyPath, frames: list[bytes]) -> None:
+        try:
+            reply_to.sock.send_multipart([*reply_to.prefix, *frames], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.drops.drop("reply queue full", "caller's high-water mark reached", reply_to.route.hex())
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH with ROUTER_MANDATORY: the caller disconnected before its reply.
+            self.drops.drop("unroutable reply", str(exc), (reply_to.prefix or [reply_to.route])[0].hex())
+
     def _drain_finished(self) -> None:
-        router = self._router
         finished = self._finished
         while finished:
-            identity, reply = finished.popleft()
+            reply_to, reply, msg_id, acked = finished.popleft()
             self._in_flight -= 1
             self.processed += 1
-            if reply is None or router is None:
+            if reply is None or reply_to is None or self._inbound is None:
                 continue
-            try:
-                router.send_multipart([identity, *reply], zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                self.drops.drop("reply queue full", "caller's high-water mark reached", identity.hex())
-            except zmq.ZMQError as exc:
-                # EHOSTUNREACH with ROUTER_MANDATORY: the caller disconnected before its reply.
-                self.drops.drop("unroutable reply", str(exc), identity.hex())
-        if router is not None and self._in_flight < self._pool_size:
-            self._loop.set_flags(router, zmq.POLLIN)
+            if acked:
+                self._duplicates.remember_reply(msg_id, reply)
+            self._send(reply_to, reply)
+        if self._in_flight < self._pool_size:
+            for sock in (self._inbound, self._sub):
+                if sock is not None:
+                    self._loop.set_flags(sock, zmq.POLLIN)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(log: logging.Logger, message: str, *args: object) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message, *args)

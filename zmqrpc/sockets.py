@@ -5,7 +5,10 @@ Keeping creation here means one place sets high-water marks, linger, keepalive a
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import zmq
@@ -68,12 +71,24 @@ class SocketFactory:
         sock.setsockopt(zmq.IPV6, 1)
         return sock
 
-    def dealer(self, dynamic: bool = False) -> zmq.Socket:
-        """A client-side DEALER; with zmq_immediate, messages only queue on completed connections."""
+    def dealer(self, dynamic: bool = False, identity: str | None = None) -> zmq.Socket:
+        """A DEALER; with zmq_immediate, messages only queue on completed connections.
+
+        ``identity`` gives it a routing id that is the same on every proxy it connects to.
+        """
         sock = self._configure(self.context.socket(zmq.DEALER), dynamic)
         if self.opts.zmq_immediate or dynamic:
             sock.setsockopt(zmq.IMMEDIATE, 1)
+        if identity is not None:
+            sock.setsockopt(zmq.ROUTING_ID, identity.encode())
         return sock
+
+    def subscriber(self) -> zmq.Socket:
+        """A SUB socket for published fanout."""
+        return self._configure(self.context.socket(zmq.SUB))
+
+    def publisher(self) -> zmq.Socket:
+        return self._configure(self.context.socket(zmq.PUB))
 
     def router(self) -> zmq.Socket:
         """A ROUTER that reports unroutable messages (EHOSTUNREACH) instead of dropping them silently."""
@@ -110,3 +125,24 @@ class SocketFactory:
 
 def _bind_host(bind_address: str) -> str:
     return "*" if bind_address in ("", "0.0.0.0") else bind_address
+
+
+def new_routing_id(name: str) -> str:
+    """A readable, unique routing id for a DEALER that talks through proxies.
+
+    It never starts with a zero byte: libzmq reserves those for the ids it generates, and zmqrpc uses a
+    leading zero byte as the publish marker.
+    """
+    return f"{name}/{uuid.uuid4().hex[:12]}"
+
+
+def sync_connections(sock: zmq.Socket, connected: set[str], wanted: Iterable[str]) -> None:
+    """Connect ``sock`` to new addresses in ``wanted`` and disconnect from those no longer wanted."""
+    wanted_set = set(wanted)
+    for address in sorted(wanted_set - connected):
+        sock.connect(tcp_endpoint(address))
+        connected.add(address)
+    for address in sorted(connected - wanted_set):
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disconnect(tcp_endpoint(address))
+        connected.discard(address)
