@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from typing import TextIO
 
 from zmqrpc.config import load_settings
 from zmqrpc.server import RpcServer
@@ -24,6 +25,7 @@ class TestEndpoint:
         self.lock = threading.Lock()
         self.server: RpcServer | None = None
         self.running = 0
+        self.ledger: TextIO | None = None
         self.peak_running = 0
 
     def _record(self, item: object) -> None:
@@ -53,6 +55,10 @@ class TestEndpoint:
 
     def record(self, ctxt: dict, tag: object) -> None:
         self._record(tag)
+        if self.ledger is not None:  # survives this process, for restart tests
+            with self.lock:
+                self.ledger.write(f"{tag}\n")
+                self.ledger.flush()
 
     def seen(self, ctxt: dict) -> list:
         with self.lock:
@@ -72,6 +78,7 @@ def main() -> int:
     parser.add_argument("--topic", action="append", required=True)
     parser.add_argument("--server", required=True)
     parser.add_argument("--set", action="append", default=[], help="option=json-value override")
+    parser.add_argument("--ledger", help="append every recorded tag to this file")
     args = parser.parse_args()
     overrides = {}
     for item in args.set:
@@ -79,6 +86,8 @@ def main() -> int:
         overrides[key] = json.loads(value)
     settings = load_settings(url=args.url, overrides=overrides)
     endpoint = TestEndpoint(args.server)
+    if args.ledger:
+        endpoint.ledger = open(args.ledger, "a")  # noqa: SIM115 - open for the process's life
     server = RpcServer(settings, args.topic, [endpoint], server=args.server)
     endpoint.server = server
     server.start()

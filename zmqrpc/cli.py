@@ -1,13 +1,19 @@
-"""The ``zmqrpc`` command: ``bench``, ``ping`` and ``matchmaker`` today; ``proxy`` and ``agent`` follow."""
+"""The ``zmqrpc`` command: ``proxy``, ``bench``, ``ping`` and ``matchmaker`` today; ``agent`` follows.
+
+``zmqrpc-proxy`` and ``oslo-messaging-zmq-proxy`` are :func:`proxy_main` (same as ``zmqrpc proxy``)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from zmqrpc import __version__
 
@@ -48,12 +54,6 @@ def _cmd_matchmaker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from zmqrpc import bench
-
-    return bench.main(args.bench_args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zmqrpc", description="Brokerless RPC message bus on ZeroMQ")
     parser.add_argument("--version", action="version", version=f"zmqrpc {__version__}")
@@ -72,13 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("action", choices=["list", "purge"])
     mm.set_defaults(func=_cmd_matchmaker)
 
-    bench = sub.add_parser("bench", help="measure zmqrpc against a raw pyzmq baseline", add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=_cmd_bench)
+    proxy = sub.add_parser(
+        "proxy", allow_abbrev=False, help="run a central proxy or a local publisher (same as zmqrpc-proxy)"
+    )
+    _add_proxy_args(proxy)
+    proxy.set_defaults(func=_cmd_proxy)
+
+    # Dispatched in main() before parsing; listed here for --help.
+    sub.add_parser("bench", help="measure zmqrpc against a raw pyzmq baseline (zmqrpc bench --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # bench owns its whole command line (argparse REMAINDER would swallow "--help" and reject flags).
+        from zmqrpc import bench
+
+        return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
@@ -97,9 +108,224 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def proxy_main(argv: Sequence[str] | None = None) -> int:
-    """``zmqrpc-proxy`` / ``oslo-messaging-zmq-proxy``: the proxy arrives with the proxy topologies."""
-    print("zmqrpc proxy: the proxy is not part of this release yet", file=sys.stderr)
-    return 2
+    """``zmqrpc-proxy`` / ``oslo-messaging-zmq-proxy``: run a central proxy or a local publisher."""
+    parser = build_proxy_parser(prog=_prog_name("zmqrpc-proxy"))
+    return run_proxy(parser.parse_args(argv), parser.prog)
+
+
+# --------------------------------------------------------------------------------------------------
+# The proxy: `zmqrpc proxy`, `zmqrpc-proxy`, `oslo-messaging-zmq-proxy`
+# --------------------------------------------------------------------------------------------------
+
+_PROXY_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def _prog_name(default: str) -> str:
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name in ("zmqrpc-proxy", "oslo-messaging-zmq-proxy") else default
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a number 0-65535") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {value}: expected 0-65535 (0 means random)")
+    return value
+
+
+def _add_proxy_args(parser: argparse.ArgumentParser) -> None:
+    """Exactly the documented proxy flags; each overrides the same option of [zmq_proxy_opts]."""
+    parser.add_argument(
+        "--config-file",
+        action="append",
+        metavar="PATH",
+        help="oslo.config file (repeatable; later files win): [DEFAULT] transport_url, "
+        "[oslo_messaging_zmq], [zmq_proxy_opts]",
+    )
+    parser.add_argument("--log-file", metavar="PATH", help="log here instead of to stderr")
+    parser.add_argument("--host", help="host name advertised in the matchmaker ([zmq_proxy_opts] host)")
+    for kind in ("frontend", "backend", "publisher"):
+        parser.add_argument(
+            f"--{kind}-port",
+            type=_port,
+            metavar="PORT",
+            help=f"port of the {kind} socket, 0 = random ([zmq_proxy_opts] {kind}_port)",
+        )
+    parser.add_argument(
+        "--local-publisher",
+        action="store_true",
+        default=None,
+        help="run as a local publisher that republishes the central publishers "
+        "([zmq_proxy_opts] local_publisher)",
+    )
+    parser.add_argument(
+        "--debug",
+        dest="proxy_debug",
+        action="store_true",
+        help="log every dispatched message (slow: not for production)",
+    )
+
+
+def build_proxy_parser(prog: str = "zmqrpc-proxy") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        allow_abbrev=False,
+        description="zmqrpc proxy: central router/publisher proxy, or a local publisher (--local-publisher)",
+    )
+    _add_proxy_args(parser)
+    return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyOptions:
+    """Effective proxy settings: flags over [zmq_proxy_opts] (or [zmq_proxy_opt]) over defaults."""
+
+    settings: Any  # config.Settings
+    host: str
+    frontend_port: int
+    backend_port: int
+    publisher_port: int
+    local_publisher: bool
+    publish: bool
+    publish_reason: str  # why publishing is on (or off), for the startup line
+    debug: bool
+    log_file: str | None
+
+
+def proxy_options(args: argparse.Namespace) -> ProxyOptions:
+    """Load the config files and apply the flags; raises ConfigError naming the bad file or option."""
+    from zmqrpc import config
+
+    flags = {
+        "host": args.host,
+        "frontend_port": args.frontend_port,
+        "backend_port": args.backend_port,
+        "publisher_port": args.publisher_port,
+        "local_publisher": args.local_publisher,
+    }
+    overrides = {name: value for name, value in flags.items() if value is not None}
+    settings = config.load_settings(config_files=args.config_file or None, overrides=overrides)
+    proxy = settings.proxy
+    if args.publisher_port is not None:
+        publish, reason = True, "--publisher-port given"
+    elif settings.zmq.use_pub_sub:
+        publish, reason = True, "use_pub_sub = true"
+    elif proxy.publisher_port:
+        publish, reason = True, "[zmq_proxy_opts] publisher_port set"
+    else:
+        publish, reason = False, "use_pub_sub = false and no --publisher-port"
+    return ProxyOptions(
+        settings=settings,
+        host=proxy.host,
+        frontend_port=proxy.frontend_port,
+        backend_port=proxy.backend_port,
+        publisher_port=proxy.publisher_port,
+        local_publisher=proxy.local_publisher,
+        publish=publish,
+        publish_reason=reason,
+        debug=bool(args.proxy_debug),
+        log_file=args.log_file,
+    )
+
+
+def _setup_proxy_logging(debug: bool, log_file: str | None) -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
+
+
+def _matchmaker_text(settings: Any) -> str:
+    if settings.matchmaker in ("redis", "sentinel"):
+        hosts = ",".join(f"{h}:{p}" for h, p in settings.redis_hosts)
+        return f"{settings.matchmaker} {hosts}"
+    return str(settings.matchmaker)
+
+
+def run_proxy(args: argparse.Namespace, prog: str = "zmqrpc-proxy") -> int:
+    """Run until SIGTERM/SIGINT (exit 0). Bad config or a port in use: one error line, exit 2.
+
+    SIGUSR1 logs the counters as ``zmqrpc proxy stats: {json}``; they are logged at exit too.
+    """
+    from zmqrpc.config import ConfigError
+    from zmqrpc.errors import ZmqRpcError
+    from zmqrpc.matchmaker import MatchmakerError
+    from zmqrpc.proxy import CentralProxy, LocalPublisher
+
+    log = logging.getLogger("zmqrpc.proxy")
+    try:
+        _setup_proxy_logging(bool(args.proxy_debug), args.log_file)
+    except OSError as exc:
+        print(
+            f"{prog}: error: cannot open --log-file {args.log_file}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 2
+
+    def fail(message: str) -> int:
+        log.error("%s: error: %s", prog, message)
+        if args.log_file:  # the operator who started it sees it too
+            print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+
+    # Signals are taken synchronously by the main thread (sigtimedwait), so no handler ever runs in the
+    # middle of logging or of a stop; threads started from here inherit the mask.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _PROXY_SIGNALS)
+    proxy: CentralProxy | LocalPublisher | None = None
+    try:
+        try:
+            opts = proxy_options(args)
+            if opts.local_publisher:
+                proxy = LocalPublisher(opts.settings, opts.host, opts.publisher_port, debug=opts.debug)
+            else:
+                proxy = CentralProxy(
+                    opts.settings,
+                    opts.host,
+                    opts.frontend_port,
+                    opts.backend_port,
+                    opts.publisher_port,
+                    publish=opts.publish,
+                    debug=opts.debug,
+                )
+            proxy.start()
+        except (ConfigError, ZmqRpcError, MatchmakerError, ValueError, RuntimeError) as exc:
+            if proxy is not None:
+                proxy.stop()
+            return fail(str(exc))
+        if isinstance(proxy, LocalPublisher):
+            log.info("zmqrpc local publisher on %s: %s", opts.host, proxy.describe())
+        else:
+            log.info(
+                "zmqrpc proxy on %s: %s (%s); matchmaker %s",
+                opts.host,
+                proxy.describe(),
+                opts.publish_reason,
+                _matchmaker_text(opts.settings),
+            )
+        while True:
+            info = signal.sigtimedwait(_PROXY_SIGNALS, 1.0)
+            if info is None:
+                if proxy.wait(0):
+                    break
+                continue
+            if info.si_signo == signal.SIGUSR1:
+                proxy.log_stats()
+                continue
+            log.info("%s received, stopping", signal.Signals(info.si_signo).name)
+            break
+        proxy.stop()
+        return 0
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    args.proxy_debug = args.proxy_debug or args.debug
+    return run_proxy(args, "zmqrpc proxy")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ class _Outgoing:
     reroutable: bool  # a bare-topic message may go to another worker if its server is unreachable
     deadline: float = 0.0  # calls: when the caller stops waiting (monotonic)
     wants_ack: bool = False
+    acked: bool = False  # the last send was acked (a call then still waits for its reply)
+    delivered: bool = False  # some send was acked: only that server may run it
     attempts: int = 0  # resends so far
     ack_due: float = float("inf")
     dest: str = ""  # the address (direct) or routing id (proxy) it was last sent to
@@ -183,6 +185,8 @@ class RpcClient:
         """Wait for a call started with :meth:`call_async`; same errors as :meth:`call`."""
         try:
             body = future.result(timeout)
+        except CallTimeout:
+            raise  # Unreachable, set by the I/O thread (a CallTimeout is also a TimeoutError)
         except FutureTimeout:
             self._pending.pop(future.msg_id, None)  # type: ignore[attr-defined]
             self._tracking.pop(future.msg_id, None)  # type: ignore[attr-defined]
@@ -496,10 +500,14 @@ class RpcClient:
         out = self._tracking.get(msg_id)
         if out is None:
             return
-        out.ack_due = float("inf")
         if out.future is None:  # a cast: nothing more to wait for
             del self._tracking[msg_id]
             link.awaiting.pop(msg_id, None)
+            return
+        # A call: the reply may still be lost on the way back (a proxy dies), so ask again later; the
+        # server's duplicate filter answers with the reply it cached, or just acks while still working.
+        out.acked = out.delivered = True
+        out.ack_due = time.monotonic() + self._ack_timeout(out.attempts)
 
     def _on_reply(self, link: _Link, env: protocol.Envelope) -> None:
         link.awaiting.pop(env.msg_id, None)
@@ -510,6 +518,10 @@ class RpcClient:
 
     def _on_unroutable(self, env: protocol.Envelope) -> None:
         """A proxy says the server we routed to is not connected: try another worker, or fail fast."""
+        if env.route.startswith(protocol.PUBLISH):
+            self.undelivered += 1
+            self._warn("a proxy does not publish: use_pub_sub must be the same on services and proxies")
+            return
         gone = env.route.decode(errors="replace")
         self.routes.forget_address(gone)
         out = self._tracking.pop(env.msg_id, None)
@@ -570,15 +582,19 @@ class RpcClient:
             if out.future is not None and (out.future.done() or out.msg_id not in self._pending):
                 self._tracking.pop(out.msg_id, None)  # the caller stopped waiting
                 continue
-            if limit is not None and limit >= 0 and out.attempts >= limit:
+            if not out.acked and limit is not None and limit >= 0 and out.attempts >= limit:
                 self._fail(out, f"no ack after {out.attempts + 1} attempts (rpc_retry_attempts={limit})")
                 continue
+            if out.acked:
+                out.attempts = 0  # the server has it: the retry budget restarts for the reply poll
+            out.acked = False
             out.attempts += 1
             out.ack_due = float("inf")
             self.resent += 1
             hosts = self.routes.lookup_cached(out.topic)
-            # The same server first, so its duplicate filter sees the resend; another if it is gone.
-            if out.dest in hosts:
+            # The same server first, so its duplicate filter sees the resend; another if it is gone, unless
+            # it had acked the call: running it elsewhere too would run it twice.
+            if out.dest in hosts or out.delivered:
                 ordered = [out.dest]
                 out.tried.discard(out.dest)
             else:

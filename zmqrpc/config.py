@@ -229,15 +229,15 @@ ZMQ_OPTS: tuple[cfg.Opt, ...] = (
         help="Servers acknowledge receipt; clients resend unacknowledged messages.",
     ),
     _zmq_opt(
-        cfg.IntOpt,
+        cfg.FloatOpt,
         "rpc_ack_timeout_base",
-        default=15,
+        default=15.0,
         help="Seconds to wait for an ack before the first resend.",
     ),
     _zmq_opt(
-        cfg.IntOpt,
+        cfg.FloatOpt,
         "rpc_ack_timeout_multiplier",
-        default=2,
+        default=2.0,
         help="Factor the ack timeout grows by with each resend.",
     ),
     _zmq_opt(

@@ -17,8 +17,10 @@ routing id (the same on every proxy it connects to, so a reply may come back thr
   out of its backend to that id, with ``route`` replaced by the sender's id; the server replies with
   ``route`` = that client id and the proxy forwards the same way in the other direction. So a proxy only
   ever swaps the route frame with the sender's id.
-* ``route`` = :data:`PUBLISH` + topic: the proxy publishes the message on its PUB socket, with a first
-  frame :func:`subscription` (topic) so SUB filters match the topic exactly (``foo`` never gets ``foobar``).
+* ``route`` = :data:`PUBLISH` + topic: the proxy publishes ``[subscription(topic), header, sender_id,
+  topic, body]`` on its PUB socket; :func:`subscription` ends the topic with a zero byte so SUB filters
+  match it exactly (``foo`` never gets ``foobar``). A proxy that does not publish answers UNROUTABLE with
+  that route unchanged, which tells the sender that ``use_pub_sub`` differs between it and the proxy.
 * When the destination id is unknown to the proxy, it answers the sender with an UNROUTABLE message: the
   original header with its type changed, ``route`` = the unknown id, and empty topic and body.
 """

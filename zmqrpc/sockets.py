@@ -90,6 +90,14 @@ class SocketFactory:
     def publisher(self) -> zmq.Socket:
         return self._configure(self.context.socket(zmq.PUB))
 
+    def xpub(self) -> zmq.Socket:
+        """A local publisher's downstream side: it passes its subscribers' subscriptions upstream."""
+        return self._configure(self.context.socket(zmq.XPUB))
+
+    def xsub(self) -> zmq.Socket:
+        """A local publisher's upstream side, connected to the central publishers."""
+        return self._configure(self.context.socket(zmq.XSUB))
+
     def router(self) -> zmq.Socket:
         """A ROUTER that reports unroutable messages (EHOSTUNREACH) instead of dropping them silently."""
         sock = self._configure(self.context.socket(zmq.ROUTER))

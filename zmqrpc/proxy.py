@@ -1,0 +1,646 @@
+"""Proxies: the central router/publisher proxy and the local publisher.
+
+:class:`CentralProxy` is the ``use_router_proxy`` / ``use_pub_sub`` proxy of the deployment guide: a frontend
+ROUTER that clients connect to, a backend ROUTER that servers connect to and, when it publishes, a PUB socket
+that servers (or local publishers) subscribe to. It reads only the route frame and follows the routing rules
+in :mod:`zmqrpc.protocol` exactly:
+
+* frontend ``[sender, header, route, topic, body]`` with ``route`` = PUBLISH + topic: published on the PUB as
+  ``[subscription(topic), header, sender, topic, body]``;
+* any other frontend message: out of the backend as ``[route, header, sender, topic, body]``; an unknown
+  ``route`` is counted and answered with an UNROUTABLE notice to the sender;
+* backend ``[server, header, route, topic, body]``: out of the frontend as ``[route, header, server, topic,
+  body]``; an unknown ``route`` is counted (there is no reply path).
+
+Anything else (wrong frame count, empty route, bad header, over ``rpc_zmq_max_message_size``) is dropped and
+counted by reason. Nothing is ever blocked on: a full queue (high-water mark) is a counted drop. The proxy
+keeps no message state, so any proxy may be restarted at any time.
+
+:class:`LocalPublisher` (``--local-publisher``) subscribes to the central publishers (``subscribe_on``, or
+the addresses registered under :data:`~zmqrpc.protocol.PROXY_PUBLISHERS`) and republishes on a local XPUB;
+the exact subscriptions of its local subscribers are forwarded upstream.
+
+Both expose ``start()``, ``stop()``, ``wait()`` and ``stats()`` (a JSON-ready dict of counters);
+``log_stats()`` writes one ``... stats: {json}`` log line, which the CLI does on SIGUSR1 and at exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from typing import Any
+
+import zmq
+
+from zmqrpc import protocol
+from zmqrpc.errors import ZmqRpcError
+from zmqrpc.ioloop import IOLoop
+from zmqrpc.matchmaker import MatchMaker, MatchmakerError, Registrar, create_matchmaker
+from zmqrpc.sockets import CLOSE_LINGER_MS, SocketFactory, sync_connections
+
+LOG = logging.getLogger(__name__)
+
+# A message seen by a ROUTER: the peer's routing id, then the four envelope frames.
+ROUTED_FRAMES = 1 + protocol.FRAME_COUNT
+# Messages handled per socket before the loop polls again (fairness between frontend and backend).
+BATCH = 256
+# How often stats are logged with --debug (seconds, only when they changed).
+DEBUG_STATS_INTERVAL = 10.0
+# A published topic longer than this is refused (the same limit the envelope puts on topics).
+_MAX_PUBLISH_ROUTE = 1 + protocol.MAX_TOPIC_LENGTH
+# Host names that mean "this node" in a subscribe_on entry.
+_LOCAL_NAMES = frozenset({"localhost", "ip6-localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "*"})
+
+
+class ProxyError(ZmqRpcError):
+    """A proxy could not start; the message names the socket, port and option involved."""
+
+
+def advertised(host: str, port: int) -> str:
+    """The ``host:port`` a proxy registers (IPv6 hosts in brackets)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _short(ident: bytes) -> str:
+    text = repr(ident)
+    return text if len(text) <= 42 else text[:39] + "..."
+
+
+class _Proxy:
+    """What both proxy kinds share: the socket factory, the I/O loop, binding, stopping, stats logging."""
+
+    kind = "proxy"
+
+    def __init__(self, settings: Any, host: str, debug: bool, context: zmq.Context | None) -> None:
+        self.settings = settings
+        self.host = host
+        self.debug = debug
+        self.bind_address = settings.zmq.rpc_zmq_bind_address or "*"
+        self._factory = SocketFactory(settings.zmq, context)
+        self._max_size = int(settings.zmq.rpc_zmq_max_message_size)
+        self.drops = protocol.DropCounter(f"zmqrpc {self.kind}")
+        self._loop = IOLoop(f"zmqrpc-{self.kind.replace(' ', '-')}")
+        self._sockets: list[zmq.Socket] = []
+        self._started = False
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stopping = False
+        self._last_debug_stats = 0.0
+        self._last_debug_snapshot: dict[str, Any] | None = None
+
+    # --- to be provided by subclasses ---
+    def stats(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _shutdown_extra(self) -> None:
+        """Release what the subclass holds besides sockets (called after the loop stopped)."""
+
+    # --- shared ---
+    def _bind(self, sock: zmq.Socket, what: str, option: str, port: int) -> int:
+        try:
+            real = self._factory.bind_port(sock, self.bind_address, port)
+        except RuntimeError as exc:
+            shown = "a random port" if port == 0 else f"port {port}"
+            raise ProxyError(
+                f"cannot bind the {what} socket to {shown} (--{option.replace('_', '-')} / "
+                f"[zmq_proxy_opts] {option}): {exc.__cause__ or exc}"
+            ) from None
+        return real
+
+    def endpoint(self, port: int) -> str:
+        return f"tcp://{self.bind_address}:{port}"
+
+    def _new_socket(self, sock: zmq.Socket) -> zmq.Socket:
+        self._sockets.append(sock)
+        return sock
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets:
+            sock.close(linger=CLOSE_LINGER_MS)
+        self._sockets.clear()
+
+    def _debug_ticker(self, now: float) -> None:
+        if now - self._last_debug_stats < DEBUG_STATS_INTERVAL:
+            return
+        self._last_debug_stats = now
+        snapshot = self.stats()
+        if snapshot != self._last_debug_snapshot:
+            self._last_debug_snapshot = snapshot
+            self.log_stats()
+
+    def log_stats(self, level: int = logging.INFO) -> None:
+        """One log line ``zmqrpc <kind> stats: {json}``."""
+        LOG.log(level, "zmqrpc %s stats: %s", self.kind, json.dumps(self.stats(), sort_keys=True))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the proxy is stopped; False if ``timeout`` seconds passed first."""
+        return self._stopped.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopped.is_set()
+
+    def stop(self) -> None:
+        """Stop forwarding, unregister from the matchmaker, close sockets, log final stats. Idempotent."""
+        with self._stop_lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        try:
+            self._before_loop_stop()
+            if self._started:
+                self._loop.stop()
+            self._close_sockets()
+            self._shutdown_extra()
+            if self._started:
+                self.log_stats()
+        finally:
+            self._stopped.set()
+
+    def _before_loop_stop(self) -> None:
+        """Hook run first in stop(): withdraw from the matchmaker while still forwarding."""
+
+    def __enter__(self) -> _Proxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+
+class CentralProxy(_Proxy):
+    """The central proxy: frontend ROUTER (clients), backend ROUTER (servers), optional PUB (fanout).
+
+    Ports are the real ones after :meth:`start` (0 before start means "random").
+    """
+
+    kind = "proxy"
+
+    def __init__(
+        self,
+        settings: Any,
+        host: str,
+        frontend_port: int = 0,
+        backend_port: int = 0,
+        publisher_port: int = 0,
+        publish: bool = False,
+        debug: bool = False,
+        matchmaker: MatchMaker | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        super().__init__(settings, host, debug, context)
+        self.frontend_port = frontend_port
+        self.backend_port = backend_port
+        self.publisher_port = publisher_port
+        self.publish = publish
+        self._mm = matchmaker
+        self._own_mm = matchmaker is None
+        self._registrar: Registrar | None = None
+        self._frontend: zmq.Socket | None = None
+        self._backend: zmq.Socket | None = None
+        self._pub: zmq.Socket | None = None
+        # Counters (written by the loop thread only).
+        self.forwarded_frontend_to_backend = 0
+        self.forwarded_backend_to_frontend = 0
+        self.published = 0
+        self.unroutable_frontend = 0  # a client named an unknown server: UNROUTABLE notice sent back
+        self.unroutable_backend = 0  # a server answered a client that is gone: counted only
+        self._publish_refused = 0  # publish requests to a proxy that does not publish
+
+    # --- lifecycle ---
+    def start(self) -> None:
+        """Bind (raising ProxyError naming the port on failure), start forwarding, then register."""
+        if self._started:
+            return
+        try:
+            front = self._new_socket(self._factory.router())
+            back = self._new_socket(self._factory.router())
+            self.frontend_port = self._bind(front, "frontend", "frontend_port", self.frontend_port)
+            self.backend_port = self._bind(back, "backend", "backend_port", self.backend_port)
+            if self.publish:
+                pub = self._new_socket(self._factory.publisher())
+                self.publisher_port = self._bind(pub, "publisher", "publisher_port", self.publisher_port)
+                self._pub = pub
+            self._frontend, self._backend = front, back
+            if self._mm is None:
+                self._mm = create_matchmaker(self.settings)
+        except BaseException:
+            self._close_sockets()
+            raise
+        self._loop.watch(front, zmq.POLLIN, self._on_frontend)
+        self._loop.watch(back, zmq.POLLIN, self._on_backend)
+        if self.debug:
+            self._loop.add_ticker(self._debug_ticker)
+        self._loop.start()
+        self._started = True
+        zmq_opts = self.settings.zmq
+        self._registrar = Registrar(self._mm, zmq_opts.zmq_target_expire, zmq_opts.zmq_target_update)
+        for topic, address in self.registrations():
+            self._registrar.add(topic, address)
+            LOG.info("registered %s under %s (expire %ss)", address, topic, zmq_opts.zmq_target_expire)
+
+    def registrations(self) -> list[tuple[str, str]]:
+        """(matchmaker topic, host:port) pairs this proxy announces."""
+        pairs = [
+            (protocol.PROXY_FRONTENDS, advertised(self.host, self.frontend_port)),
+            (protocol.PROXY_BACKENDS, advertised(self.host, self.backend_port)),
+        ]
+        if self.publish:
+            pairs.append((protocol.PROXY_PUBLISHERS, advertised(self.host, self.publisher_port)))
+        return pairs
+
+    def describe(self) -> str:
+        """``frontend tcp://*:50001, backend tcp://*:50002, publisher tcp://*:50003`` (real ports)."""
+        parts = [
+            f"frontend {self.endpoint(self.frontend_port)}",
+            f"backend {self.endpoint(self.backend_port)}",
+        ]
+        parts.append(f"publisher {self.endpoint(self.publisher_port)}" if self.publish else "no publisher")
+        return ", ".join(parts)
+
+    def _before_loop_stop(self) -> None:
+        if self._registrar is not None:
+            self._registrar.close()  # unregisters every address (best effort; they expire otherwise)
+            LOG.info("withdrew %s", ", ".join(f"{a} from {t}" for t, a in self.registrations()))
+
+    def _shutdown_extra(self) -> None:
+        if self._own_mm and self._mm is not None:
+            self._mm.close()
+
+    # --- stats ---
+    def stats(self) -> dict[str, Any]:
+        dropped = self.drops.counts()
+        return {
+            "forwarded_frontend_to_backend": self.forwarded_frontend_to_backend,
+            "forwarded_backend_to_frontend": self.forwarded_backend_to_frontend,
+            "published": self.published,
+            "unroutable_frontend": self.unroutable_frontend,
+            "unroutable_backend": self.unroutable_backend,
+            "dropped": dropped,
+            "dropped_total": sum(dropped.values()),
+        }
+
+    # --- the loop thread ---
+    def _on_frontend(self, _flags: int) -> None:
+        assert self._frontend is not None
+        self._drain(self._frontend, self._from_frontend)
+
+    def _on_backend(self, _flags: int) -> None:
+        assert self._backend is not None
+        self._drain(self._backend, self._from_backend)
+
+    def _drain(self, sock: zmq.Socket, handle: Any) -> None:
+        for _ in range(BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handle(frames)
+            except Exception as exc:  # one bad message must never stop the proxy
+                LOG.exception("zmqrpc proxy: unexpected error handling a message")
+                self.drops.drop("internal error", f"{type(exc).__name__}: {exc}")
+
+    def _invalid(self, frames: list[bytes], side: str) -> bool:
+        """Drop and count a message that breaks the envelope rules a proxy checks; True if dropped."""
+        peer = f"{side} peer {_short(frames[0])}"
+        if len(frames) != ROUTED_FRAMES:
+            got = len(frames) - 1
+            self.drops.drop("bad frame count", f"{got} frames, expected {protocol.FRAME_COUNT}", peer)
+            return True
+        size = sum(len(f) for f in frames) - len(frames[0])
+        if size > self._max_size:
+            self.drops.drop(
+                "oversized", f"{size} bytes > limit {self._max_size} (rpc_zmq_max_message_size)", peer
+            )
+            return True
+        header = frames[1]
+        if len(header) != protocol.HEADER.size:
+            self.drops.drop("bad header", f"{len(header)} bytes, expected {protocol.HEADER.size}", peer)
+            return True
+        if header[:2] != protocol.MAGIC:
+            self.drops.drop("bad magic", repr(header[:2]), peer)
+            return True
+        if not frames[2]:
+            self.drops.drop("empty route", "the route frame is empty", peer)
+            return True
+        return False
+
+    def _from_frontend(self, frames: list[bytes]) -> None:
+        if self._invalid(frames, "frontend"):
+            return
+        sender, header, route, topic, body = frames
+        if route[:1] == protocol.PUBLISH:
+            self._publish(sender, header, route, topic, body)
+            return
+        assert self._backend is not None
+        try:
+            self._backend.send_multipart([route, header, sender, topic, body], zmq.NOBLOCK)
+        except zmq.Again:
+            self.drops.drop("backend queue full", f"server {_short(route)} at its high-water mark")
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                self.drops.drop("send failed", f"backend to {_short(route)}: {exc}")
+                return
+            self.unroutable_frontend += 1
+            if self.debug:
+                LOG.debug("frontend %s -> unknown server %s: UNROUTABLE", _short(sender), _short(route))
+            self._notify_unroutable(sender, header, route)
+            return
+        self.forwarded_frontend_to_backend += 1
+        if self.debug:
+            LOG.debug(
+                "frontend->backend %s -> %s, %d bytes",
+                _short(sender),
+                _short(route),
+                len(header) + len(route) + len(topic) + len(body),
+            )
+
+    def _publish(self, sender: bytes, header: bytes, route: bytes, topic: bytes, body: bytes) -> None:
+        if self._pub is None:
+            # A client with use_pub_sub = true talks to a proxy without a publisher: tell it, loudly once.
+            self._publish_refused += 1
+            if self._publish_refused == 1 or self._publish_refused % 1000 == 0:
+                LOG.warning(
+                    "zmqrpc proxy: %d publish request(s) refused (last from %s for %r): this proxy does not "
+                    "publish (use_pub_sub = false and no --publisher-port); use_pub_sub must match across "
+                    "services and proxies",
+                    self._publish_refused,
+                    _short(sender),
+                    route[1:],
+                )
+            self.unroutable_frontend += 1
+            self._notify_unroutable(sender, header, route)
+            return
+        name = route[1:]
+        if not name or len(route) > _MAX_PUBLISH_ROUTE or b"\x00" in name:
+            # An empty topic or one with a zero byte would break exact subscription matching.
+            self.drops.drop("bad publish topic", repr(name[:40]), f"frontend peer {_short(sender)}")
+            return
+        try:
+            # name + b"\x00" is protocol.subscription(topic): SUB filters match the topic exactly.
+            self._pub.send_multipart([name + b"\x00", header, sender, topic, body], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            self.drops.drop("publish failed", str(exc))
+            return
+        self.published += 1
+        if self.debug:
+            LOG.debug(
+                "frontend->publisher %s topic %r, %d bytes",
+                _short(sender),
+                name,
+                len(header) + len(route) + len(topic) + len(body),
+            )
+
+    def _notify_unroutable(self, sender: bytes, header: bytes, route: bytes) -> None:
+        assert self._frontend is not None
+        try:
+            self._frontend.send_multipart([sender, *protocol.unroutable_notice(header, route)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the sender is gone too, or at its high-water mark
+            self.drops.drop("unroutable notice undeliverable", f"to {_short(sender)}: {exc}")
+
+    def _from_backend(self, frames: list[bytes]) -> None:
+        if self._invalid(frames, "backend"):
+            return
+        server, header, route, topic, body = frames
+        assert self._frontend is not None
+        try:
+            self._frontend.send_multipart([route, header, server, topic, body], zmq.NOBLOCK)
+        except zmq.Again:
+            self.drops.drop("frontend queue full", f"client {_short(route)} at its high-water mark")
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                self.drops.drop("send failed", f"frontend to {_short(route)}: {exc}")
+                return
+            self.unroutable_backend += 1
+            if self.debug:
+                LOG.debug("backend %s -> unknown client %s: counted", _short(server), _short(route))
+            return
+        self.forwarded_backend_to_frontend += 1
+        if self.debug:
+            LOG.debug(
+                "backend->frontend %s -> %s, %d bytes",
+                _short(server),
+                _short(route),
+                len(header) + len(route) + len(topic) + len(body),
+            )
+
+
+class LocalPublisher(_Proxy):
+    """A per-node publisher: XSUB connected to the central publishers, XPUB bound on ``publisher_port``.
+
+    Upstreams are ``subscribe_on`` (argument, else ``[oslo_messaging_zmq] subscribe_on``) when set; otherwise
+    the addresses registered under PROXY_PUBLISHERS, re-read every ``refresh_interval`` seconds (every
+    second while none is known). Local subscriptions are forwarded upstream as they are, so the central
+    publishers filter exactly as for a direct subscriber.
+    """
+
+    kind = "local publisher"
+
+    def __init__(
+        self,
+        settings: Any,
+        host: str,
+        publisher_port: int = 0,
+        debug: bool = False,
+        matchmaker: MatchMaker | None = None,
+        subscribe_on: list[str] | tuple[str, ...] | None = None,
+        refresh_interval: float = 5.0,
+        context: zmq.Context | None = None,
+    ) -> None:
+        super().__init__(settings, host, debug, context)
+        self.publisher_port = publisher_port
+        static = subscribe_on if subscribe_on is not None else settings.zmq.subscribe_on
+        self.subscribe_on: tuple[str, ...] = tuple(static or ())
+        self.refresh_interval = refresh_interval
+        self._mm = matchmaker
+        self._own_mm = matchmaker is None
+        self._xpub: zmq.Socket | None = None
+        self._xsub: zmq.Socket | None = None
+        self._connected: set[str] = set()
+        self._upstreams: tuple[str, ...] = ()  # readable from any thread
+        self._refresher: threading.Thread | None = None
+        self._refresh_stop = threading.Event()
+        self._mm_outage = False
+        self.republished = 0
+        self.subscription_changes = 0
+
+    @property
+    def upstreams(self) -> tuple[str, ...]:
+        """The central publishers currently connected to."""
+        return self._upstreams
+
+    def start(self) -> None:
+        if self._started:
+            return
+        try:
+            xpub = self._new_socket(self._factory.xpub())
+            xsub = self._new_socket(self._factory.xsub())
+            self.publisher_port = self._bind(xpub, "publisher", "publisher_port", self.publisher_port)
+            self._xpub, self._xsub = xpub, xsub
+            self._drop_own_address()
+            if not self.subscribe_on and self._mm is None:
+                self._mm = create_matchmaker(self.settings)
+            if self.subscribe_on:
+                self._set_upstreams(list(self.subscribe_on))
+        except BaseException:
+            self._close_sockets()
+            raise
+        self._loop.watch(xpub, zmq.POLLIN, self._on_subscription)
+        self._loop.watch(xsub, zmq.POLLIN, self._on_published)
+        if self.debug:
+            self._loop.add_ticker(self._debug_ticker)
+        self._loop.start()
+        self._started = True
+        if not self.subscribe_on:
+            self._refresher = threading.Thread(
+                target=self._refresh_loop, name="zmqrpc-local-publisher-refresh", daemon=True
+            )
+            self._refresher.start()
+
+    def _is_self(self, address: str) -> bool:
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit() or int(port) != self.publisher_port:
+            return False
+        host = host.strip("[]").lower()
+        names = {
+            *_LOCAL_NAMES,
+            self.host,
+            socket.gethostname(),
+            self.settings.zmq.rpc_zmq_host,
+            self.bind_address,
+        }
+        return host in {str(n).strip("[]").lower() for n in names} or host.startswith("127.")
+
+    def _drop_own_address(self) -> None:
+        # Services on this node use subscribe_on = localhost:<this port>; when the local publisher reads
+        # the same config file it must not subscribe to itself (a loop), but find the central publishers.
+        own = [a for a in self.subscribe_on if self._is_self(a)]
+        if own:
+            self.subscribe_on = tuple(a for a in self.subscribe_on if a not in own)
+            LOG.warning(
+                "local publisher: ignoring subscribe_on %s: that is this local publisher itself; %s",
+                ",".join(own),
+                "using the other entries" if self.subscribe_on else "using the matchmaker instead",
+            )
+
+    def describe(self) -> str:
+        source = (
+            f"subscribe_on {','.join(self.subscribe_on)}"
+            if self.subscribe_on
+            else f"central publishers from the matchmaker ({protocol.PROXY_PUBLISHERS})"
+        )
+        return f"publisher {self.endpoint(self.publisher_port)}, subscribing to {source}"
+
+    def stats(self) -> dict[str, Any]:
+        dropped = self.drops.counts()
+        return {
+            "republished": self.republished,
+            "subscription_changes": self.subscription_changes,
+            "upstreams": sorted(self._upstreams),
+            "dropped": dropped,
+            "dropped_total": sum(dropped.values()),
+        }
+
+    def _before_loop_stop(self) -> None:
+        self._refresh_stop.set()
+        if self._refresher is not None:
+            self._refresher.join(timeout=5.0)
+
+    def _shutdown_extra(self) -> None:
+        if self._own_mm and self._mm is not None:
+            self._mm.close()
+
+    # --- upstream discovery (refresher thread) ---
+    def _refresh_loop(self) -> None:
+        wait = 0.0
+        while not self._refresh_stop.wait(wait):
+            try:
+                self._refresh_once()
+            except Exception:  # keep watching whatever the backend does
+                LOG.exception("local publisher: refreshing central publishers failed")
+            wait = self.refresh_interval if self._upstreams else min(1.0, self.refresh_interval)
+
+    def _refresh_once(self) -> None:
+        assert self._mm is not None
+        try:
+            found = self._mm.get_hosts(protocol.PROXY_PUBLISHERS)
+        except MatchmakerError as exc:
+            if not self._mm_outage:
+                self._mm_outage = True
+                LOG.warning("local publisher: matchmaker unreachable, keeping current upstreams: %s", exc)
+            return
+        if self._mm_outage:
+            self._mm_outage = False
+            LOG.info("local publisher: matchmaker reachable again")
+        found = [a for a in found if not self._is_self(a)]
+        if tuple(sorted(found)) != self._upstreams:
+            done = threading.Event()
+
+            def apply() -> None:
+                try:
+                    self._set_upstreams(found)
+                finally:
+                    done.set()
+
+            self._loop.submit(apply)
+            done.wait(5.0)
+
+    # --- the loop thread (or start(), before the loop runs) ---
+    def _set_upstreams(self, wanted: list[str]) -> None:
+        assert self._xsub is not None
+        before = set(self._connected)
+        sync_connections(self._xsub, self._connected, wanted)
+        for address in sorted(self._connected - before):
+            LOG.info("local publisher: subscribed to central publisher %s", address)
+        for address in sorted(before - self._connected):
+            LOG.info("local publisher: left central publisher %s (no longer registered)", address)
+        self._upstreams = tuple(sorted(self._connected))
+
+    def _on_subscription(self, _flags: int) -> None:
+        assert self._xpub is not None and self._xsub is not None
+        for _ in range(BATCH):
+            try:
+                frames = self._xpub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._xsub.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                self.drops.drop("subscription not forwarded", str(exc))
+                continue
+            self.subscription_changes += 1
+            if self.debug and frames and frames[0]:
+                verb = "subscribe" if frames[0][:1] == b"\x01" else "unsubscribe"
+                LOG.debug("local publisher: %s %r forwarded upstream", verb, frames[0][1:])
+
+    def _on_published(self, _flags: int) -> None:
+        assert self._xpub is not None and self._xsub is not None
+        for _ in range(BATCH):
+            try:
+                frames = self._xsub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # A published message is [subscription, header, sender, topic, body].
+            if len(frames) != ROUTED_FRAMES:
+                self.drops.drop("bad frame count", f"{len(frames)} frames, expected {ROUTED_FRAMES}")
+                continue
+            size = len(frames[1]) + len(frames[3]) + len(frames[4])  # header, topic, body
+            if size > self._max_size:
+                self.drops.drop("oversized", f"{size} bytes (rpc_zmq_max_message_size {self._max_size})")
+                continue
+            try:
+                self._xpub.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                self.drops.drop("publish failed", str(exc))
+                continue
+            self.republished += 1
+            if self.debug:
+                LOG.debug("local publisher: republished %r, %d bytes", frames[0][:-1], size)
