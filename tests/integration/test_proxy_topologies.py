@@ -7,6 +7,7 @@ of calls, and a server restarted under casts.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ from tests.integration.test_direct import NAMES, Bus, _wait_for
 from tests.procs import ProxyProcess, ServerProcess
 from tests.servers import RedisServer, free_port
 from zmqrpc import protocol
+from zmqrpc.errors import Unreachable
 from zmqrpc.matchmaker import RedisMatchMaker
 
 pytestmark = pytest.mark.integration
@@ -218,3 +220,84 @@ def test_restarting_a_server_under_casts_loses_and_duplicates_nothing(redis_serv
         assert client.undelivered == 0
     finally:
         bus.close()
+
+
+@pytest.fixture
+def router_proxies(tmp_path: Path):
+    """A Redis and 3 router proxies without PUB/SUB; yields (redis, proxies)."""
+    redis = RedisServer().start()
+    proxies: list[ProxyProcess] = []
+    try:
+        proxies = _start_proxies(tmp_path, redis, 3, False)
+        yield redis, proxies
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        redis.stop()
+
+
+def test_a_call_to_a_vanished_server_fails_fast_through_the_proxy(router_proxies) -> None:
+    redis, _ = router_proxies
+    bus = ProxyBus(redis.url, TOPOLOGIES["router-proxy"])
+    try:
+        victim = bus.server(NAMES[0], topics=("solo",))
+        client = bus.client()
+        assert client.call("solo", "whoami", timeout=5) == NAMES[0]
+        victim.kill()  # its registration stays until it expires, but no proxy can reach it
+        time.sleep(0.5)
+        started = time.monotonic()
+        with pytest.raises(Unreachable, match="not connected"):
+            client.call("solo", "whoami", timeout=10, server=NAMES[0])
+        assert time.monotonic() - started < 2, "the proxy's UNROUTABLE notice should end the call early"
+    finally:
+        bus.close()
+
+
+def test_use_pub_sub_mismatch_is_reported_and_loses_nothing(router_proxies, caplog) -> None:
+    redis, _ = router_proxies
+    # Services believe in PUB/SUB, the proxies do not publish: fanout must still arrive, with a warning.
+    bus = ProxyBus(redis.url, TOPOLOGIES["pubsub"])
+    try:
+        for server in NAMES:
+            bus.server(server, topics=("fan",))
+        client = bus.client()
+        tag = f"mismatch-{time.monotonic_ns()}"
+        with caplog.at_level(logging.WARNING, logger="zmqrpc.client"):
+            assert client.fanout("fan", "record", {"tag": tag}) == len(NAMES)
+        assert any("use_pub_sub" in r.getMessage() for r in caplog.records), caplog.text
+
+        def counts() -> dict[str, int]:
+            return {s: client.call("fan", "seen", timeout=5, server=s).count(tag) for s in NAMES}
+
+        _wait_for(lambda: all(counts().values()))
+        assert counts() == dict.fromkeys(NAMES, 1)
+    finally:
+        bus.close()
+
+
+def test_a_server_without_pub_sub_still_gets_published_fanout(tmp_path: Path, caplog) -> None:
+    redis = RedisServer().start()
+    proxies: list[ProxyProcess] = []
+    bus = ProxyBus(redis.url, TOPOLOGIES["pubsub"])
+    try:
+        proxies = _start_proxies(tmp_path, redis, 3, True)
+        bus.server(NAMES[0], topics=("fan",))
+        bus.server(NAMES[1], topics=("fan",), use_pub_sub=False)  # misconfigured service
+        client = bus.client()
+        time.sleep(1.5)  # the subscriber connects to the publishers on its next sync
+        tag = f"mixed-{time.monotonic_ns()}"
+        with caplog.at_level(logging.WARNING, logger="zmqrpc.client"):
+            client.fanout("fan", "record", {"tag": tag})
+        assert any(NAMES[1] in r.getMessage() for r in caplog.records), caplog.text
+
+        def counts() -> dict[str, int]:
+            return {s: client.call("fan", "seen", timeout=5, server=s).count(tag) for s in NAMES}
+
+        _wait_for(lambda: all(counts().values()))
+        time.sleep(0.3)
+        assert counts() == dict.fromkeys(NAMES, 1)
+    finally:
+        bus.close()
+        for proxy in proxies:
+            proxy.stop()
+        redis.stop()
