@@ -17,10 +17,17 @@ class ServerProcess:
     """A tests.rpc_node process; ``address`` is what it registered, ``server`` its name."""
 
     def __init__(
-        self, url: str, topics: str | list[str], server: str, ledger: str | None = None, **overrides: object
+        self,
+        url: str,
+        topics: str | list[str],
+        server: str,
+        ledger: str | None = None,
+        pool: str | None = None,
+        **overrides: object,
     ) -> None:
         self.url = url
         self.ledger = ledger
+        self.pool = pool
         self.topics = [topics] if isinstance(topics, str) else topics
         self.server = server
         self.overrides = overrides
@@ -35,6 +42,8 @@ class ServerProcess:
             cmd += ["--set", f"{key}={json.dumps(value)}"]
         if self.ledger:
             cmd += ["--ledger", self.ledger]
+        if self.pool:
+            cmd += ["--pool", self.pool]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout

@@ -79,6 +79,7 @@ def main() -> int:
     parser.add_argument("--server", required=True)
     parser.add_argument("--set", action="append", default=[], help="option=json-value override")
     parser.add_argument("--ledger", help="append every recorded tag to this file")
+    parser.add_argument("--pool", help="notification listener pool")
     args = parser.parse_args()
     overrides = {}
     for item in args.set:
@@ -88,7 +89,7 @@ def main() -> int:
     endpoint = TestEndpoint(args.server)
     if args.ledger:
         endpoint.ledger = open(args.ledger, "a")  # noqa: SIM115 - open for the process's life
-    server = RpcServer(settings, args.topic, [endpoint], server=args.server)
+    server = RpcServer(settings, args.topic, [endpoint], server=args.server, pool=args.pool)
     endpoint.server = server
     server.start()
     stop = threading.Event()

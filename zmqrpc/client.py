@@ -252,7 +252,8 @@ class RpcClient:
         publisher_id: str = "",
         strict: bool = False,
     ) -> None:
-        """Send a notification to one listener of ``topic.priority`` (e.g. ``notifications.info``)."""
+        """Send a notification to ``topic.priority`` (e.g. ``notifications.info``): one listener of the
+        default pool gets it, and one listener of each named pool."""
         message = {
             "priority": priority.lower(),
             "event_type": event_type,
@@ -262,7 +263,14 @@ class RpcClient:
         }
         body = {"message": message, "context": context or {}}
         target = f"{topic}.{priority.lower()}"
-        self._send_one(MessageType.NOTIFY, target, body, protocol.new_msg_id(), None, True, strict)
+        pools = sorted(
+            {member.rpartition("|")[2] for member in self.routes.lookup(protocol.pools_topic(target))}
+        )
+        targets = [protocol.pool_topic(target, pool) for pool in pools]
+        if not pools or self.routes.lookup(target):
+            targets.insert(0, target)  # the default pool: listeners that named none
+        for each in targets:
+            self._send_one(MessageType.NOTIFY, each, body, protocol.new_msg_id(), None, True, strict)
 
     def close(self) -> None:
         """Stop the I/O thread, close sockets (bounded linger) and fail pending calls with ClientClosed."""

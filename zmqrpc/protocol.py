@@ -140,6 +140,17 @@ def subscribers_topic(topic: str) -> str:
     return f"zmqrpc-subscribers:{topic}"
 
 
+def pool_topic(topic: str, pool: str) -> str:
+    """The topic a notification listener in ``pool`` serves: each pool gets one copy of a notification."""
+    return f"{topic}@{pool}"
+
+
+def pools_topic(topic: str) -> str:
+    """Matchmaker topic listing the pools listening on ``topic``, as ``<listener address>|<pool>`` members
+    (one per listener, so one listener leaving does not hide a pool that others still serve)."""
+    return f"zmqrpc-pools:{topic}"
+
+
 def publish_route(topic: str) -> bytes:
     """The route frame that asks a proxy to publish a message for ``topic``."""
     return PUBLISH + topic.encode()

@@ -165,13 +165,19 @@ class RpcServer:
         dispatcher: Dispatcher | Iterable[object],
         *,
         server: str | None = None,
+        pool: str | None = None,
         matchmaker: MatchMaker | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         opts = settings.zmq
         self.settings = settings
         self.server = server or opts.rpc_zmq_host
-        self.topics = [topics] if isinstance(topics, str) else list(topics)
+        self.pool = pool
+        # A notification listener in a pool shares that pool's copy with the pool's other listeners.
+        self.pooled_topics = [topics] if isinstance(topics, str) else list(topics)
+        self.topics = (
+            [protocol.pool_topic(t, pool) for t in self.pooled_topics] if pool else self.pooled_topics
+        )
         if not self.topics:
             raise ValueError("a server needs at least one topic")
         self.dispatcher: Dispatcher = dispatcher if callable(dispatcher) else EndpointDispatcher(dispatcher)
@@ -232,6 +238,9 @@ class RpcServer:
         if self._pub_sub:
             for topic in self.topics:
                 self._registrar.add(protocol.subscribers_topic(topic), self.address)
+        if self.pool:
+            for topic in self.pooled_topics:
+                self._registrar.add(protocol.pools_topic(topic), f"{self.address}|{self.pool}")
         LOG.info("serving %s on %s", ", ".join(sorted(self._serving)), self.address)
         return self
 

@@ -9,6 +9,7 @@ import pytest
 import zmq
 
 from tests.integration.test_direct import Bus, _wait_for
+from tests.procs import ServerProcess
 from tests.servers import RedisServer
 from zmqrpc import protocol
 from zmqrpc.errors import CallTimeout
@@ -124,5 +125,39 @@ def test_bounded_pool_limits_concurrent_dispatch(redis_server) -> None:
         futures = [client.call_async("slow", "sleep", {"seconds": 0.3}, timeout=10) for _ in range(6)]
         assert [client.wait(f, 10) for f in futures] == ["127.0.0.2"] * 6
         assert client.call("slow", "peak", timeout=5) == 2
+    finally:
+        bus.close()
+
+
+def test_each_notification_pool_gets_one_copy_shared_by_its_listeners(redis_server) -> None:
+    bus = Bus(redis_server.url, "static")
+    listeners = {"127.0.0.2": None, "127.0.0.3": "audit", "127.0.0.4": "audit", "127.0.0.5": "billing"}
+    try:
+        for name, pool in listeners.items():
+            overrides = {**bus.options(), "rpc_zmq_host": name, "rpc_zmq_bind_address": name}
+            bus.servers.append(ServerProcess(bus.url, ["events.info"], name, pool=pool, **overrides).start())
+        client = bus.client()
+        for n in range(12):
+            client.notify("events", "info", "volume.create", {"n": n})
+
+        def received() -> dict[str, list[int]]:
+            got = {}
+            for name, pool in listeners.items():
+                topic = f"events.info@{pool}" if pool else "events.info"
+                seen = client.call(topic, "seen", timeout=5, server=name)
+                got[name] = sorted(m["payload"]["n"] for m in seen)
+            return got
+
+        def per_pool() -> dict[str | None, list[int]]:
+            pools: dict[str | None, list[int]] = {}
+            for name, numbers in received().items():
+                pools.setdefault(listeners[name], []).extend(numbers)
+            return {pool: sorted(numbers) for pool, numbers in pools.items()}
+
+        _wait_for(lambda: all(len(v) == 12 for v in per_pool().values()))
+        time.sleep(0.3)
+        assert per_pool() == {pool: list(range(12)) for pool in (None, "audit", "billing")}
+        audit = received()
+        assert audit["127.0.0.3"] and audit["127.0.0.4"], "the audit pool's listeners should share the load"
     finally:
         bus.close()
