@@ -1,4 +1,4 @@
-"""The ``zmqrpc`` command: ``proxy``, ``bench``, ``ping`` and ``matchmaker`` today; ``agent`` follows.
+"""The ``zmqrpc`` command: ``proxy``, ``agent``, ``ping``, ``matchmaker`` and ``bench``.
 
 ``zmqrpc-proxy`` and ``oslo-messaging-zmq-proxy`` are :func:`proxy_main` (same as ``zmqrpc proxy``)."""
 
@@ -11,7 +11,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,14 +32,64 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_ping(args: argparse.Namespace) -> int:
+    """Check the bus from this node: call, cast, fanout or notify the agents and prove what arrived."""
+    from zmqrpc.agent import AGENT_NOTIFICATIONS
     from zmqrpc.client import RpcClient
 
+    hosts = [h for h in (args.hosts or "").split(",") if h]
+    tag = f"ping-{uuid.uuid4().hex}"
+    result: dict[str, Any] = {"mode": args.mode, "topic": args.topic, "server": args.server}
     with RpcClient(_settings(args)) as client:
         started = time.perf_counter()
-        reply = client.call(args.topic, "ping", timeout=args.timeout, server=args.server)
-        latency_ms = (time.perf_counter() - started) * 1000
-    print(json.dumps({"topic": args.topic, "server": args.server, "reply": reply, "latency_ms": latency_ms}))
-    return 0
+        if args.mode == "call":
+            reply = client.call(args.topic, "ping", timeout=args.timeout, server=args.server)
+            result.update(responder=reply.get("host"), reply=reply)
+        elif args.mode == "cast":
+            client.cast(args.topic, "record", {"tag": tag}, server=args.server, strict=True)
+        elif args.mode == "fanout":
+            result["sent_to"] = client.fanout(args.topic, "record", {"tag": tag}, strict=True)
+        else:
+            client.notify(AGENT_NOTIFICATIONS, "info", "zmqrpc.ping", {"tag": tag}, strict=True)
+        result["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        if args.mode != "call":
+            checked = hosts or ([args.server] if args.server else [])
+            result["received"] = _collect(client, args, checked, tag)
+    ok = _ping_ok(args.mode, result)
+    result["ok"] = ok
+    print(json.dumps(result, sort_keys=True))
+    return 0 if ok else 1
+
+
+def _collect(client: Any, args: argparse.Namespace, hosts: list[str], tag: str) -> dict[str, int]:
+    """How many copies of ``tag`` each host's agent recorded, waiting up to --timeout for them to arrive."""
+
+    def count(host: str) -> int:
+        seen = client.call(args.topic, "seen", timeout=args.timeout, server=host)
+        return sum(
+            1
+            for item in seen
+            if item == tag or (isinstance(item, dict) and item.get("payload") == {"tag": tag})
+        )
+
+    deadline = time.monotonic() + args.timeout
+    while True:
+        received = {host: count(host) for host in hosts}
+        # fanout: every host; cast and notify: one of them
+        done = all(received.values()) if args.mode == "fanout" else sum(received.values()) >= 1
+        if done or time.monotonic() > deadline:
+            time.sleep(0.2)  # a duplicate would arrive right behind the first copy
+            return {host: count(host) for host in hosts}
+        time.sleep(0.1)
+
+
+def _ping_ok(mode: str, result: dict[str, Any]) -> bool:
+    received = result.get("received", {})
+    if mode == "call":
+        return bool(result.get("responder"))
+    if mode == "fanout":
+        return bool(received) and all(n == 1 for n in received.values())
+    # cast and notify: exactly one of the checked hosts got it (none checked: sent is all we know)
+    return not received or sum(received.values()) == 1
 
 
 def _cmd_matchmaker(args: argparse.Namespace) -> int:
@@ -46,11 +98,35 @@ def _cmd_matchmaker(args: argparse.Namespace) -> int:
     matchmaker = create_matchmaker(_settings(args))
     try:
         if args.action == "list":
-            print(json.dumps(matchmaker.topics(), indent=2, sort_keys=True))
+            topics = matchmaker.topics()
+            if args.topic:
+                topics = {t: v for t, v in topics.items() if t == args.topic}
+            print(json.dumps(topics, indent=2, sort_keys=True))
         elif args.action == "purge":
             print(json.dumps({"purged": matchmaker.purge_expired()}))
+        else:
+            if not args.topic or not args.address:
+                raise ValueError(f"matchmaker {args.action} needs --topic and --address")
+            if args.action == "register":
+                matchmaker.register(args.topic, args.address, args.expire)
+            else:
+                matchmaker.unregister(args.topic, args.address)
+            print(json.dumps({args.action: {"topic": args.topic, "address": args.address}}))
     finally:
         matchmaker.close()
+    return 0
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from zmqrpc.agent import Agent
+
+    logging.getLogger().setLevel(logging.DEBUG if args.debug else logging.INFO)
+    agent = Agent(_settings(args), host=args.host).start()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    agent.stop()
     return 0
 
 
@@ -60,17 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ping = sub.add_parser("ping", help="call 'ping' on a topic and print the reply and latency")
+    ping = sub.add_parser(
+        "ping", help="call, cast, fanout or notify the agents; JSON result, exit 1 if not ok"
+    )
     _add_common(ping)
-    ping.add_argument("topic")
-    ping.add_argument("--server", help="directed call to this server")
+    ping.add_argument("--topic", default="zmqrpc-agent", help="default: the agents' topic")
+    ping.add_argument("--server", help="directed to this host's agent")
+    ping.add_argument("--mode", choices=["call", "cast", "fanout", "notify"], default="call")
+    ping.add_argument(
+        "--hosts", help="comma list of hosts whose agents must have received a cast/fanout/notify"
+    )
     ping.add_argument("--timeout", type=float, default=5.0)
     ping.set_defaults(func=_cmd_ping)
 
-    mm = sub.add_parser("matchmaker", help="inspect the matchmaker")
+    mm = sub.add_parser("matchmaker", help="list, register, unregister or purge matchmaker entries")
     _add_common(mm)
-    mm.add_argument("action", choices=["list", "purge"])
+    mm.add_argument("action", choices=["list", "purge", "register", "unregister"])
+    mm.add_argument("--topic")
+    mm.add_argument("--address", help="host:port (or a proxy routing id)")
+    mm.add_argument("--expire", type=int, default=300, help="seconds; 0 or less never expires")
     mm.set_defaults(func=_cmd_matchmaker)
+
+    agent = sub.add_parser("agent", help="run the node agent (answers ping and info on zmqrpc-agent)")
+    _add_common(agent)
+    agent.add_argument("--host", help="host name (default: rpc_zmq_host)")
+    agent.set_defaults(func=_cmd_agent)
 
     proxy = sub.add_parser(
         "proxy", allow_abbrev=False, help="run a central proxy or a local publisher (same as zmqrpc-proxy)"

@@ -1,0 +1,102 @@
+"""The zmqrpc agent: a small RPC server on every node, for smoke tests and for operators checking the bus.
+
+It serves topic ``zmqrpc-agent`` (and ``zmqrpc-agent.<host>``) with ``ping``, ``info``, ``record`` and
+``seen``, and listens for notifications on ``zmqrpc-agent.info`` so a notification can be checked end to end.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from zmqrpc import __version__
+from zmqrpc.server import Request, RpcServer
+
+LOG = logging.getLogger(__name__)
+
+AGENT_TOPIC = "zmqrpc-agent"
+AGENT_NOTIFICATIONS = "zmqrpc-agent"  # notifications go to zmqrpc-agent.<priority>
+RECORD_LIMIT = 1000
+
+
+def topology_name(zmq_opts: Any) -> str:
+    """The deployment guide's name for the configured topology."""
+    pub_sub, proxy, dynamic = (
+        zmq_opts.use_pub_sub,
+        zmq_opts.use_router_proxy,
+        zmq_opts.use_dynamic_connections,
+    )
+    if proxy and pub_sub:
+        return "local-publisher" if zmq_opts.subscribe_on else "pubsub"
+    if proxy:
+        return "router-proxy"
+    if pub_sub:
+        return "dynamic-pubsub" if dynamic else "static-pubsub"
+    return "dynamic-direct" if dynamic else "static-direct"
+
+
+class AgentEndpoint:
+    """What the agent answers. ``record``/``seen`` let a checker prove a cast or fanout arrived once."""
+
+    def __init__(self, settings: Any, host: str) -> None:
+        self.settings = settings
+        self.host = host
+        self.started = time.monotonic()
+        self.address = ""
+        self._records: deque[Any] = deque(maxlen=RECORD_LIMIT)
+        self._lock = threading.Lock()
+
+    def ping(self, ctxt: dict, **kwargs: Any) -> dict[str, Any]:
+        return {"host": self.host, "pong": True, **kwargs}
+
+    def info(self, ctxt: dict) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "fqdn": socket.getfqdn(),
+            "topology": topology_name(self.settings.zmq),
+            "matchmaker": self.settings.matchmaker,
+            "address": self.address,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+        }
+
+    def record(self, ctxt: dict, tag: Any) -> None:
+        with self._lock:
+            self._records.append(tag)
+
+    def seen(self, ctxt: dict) -> list[Any]:
+        with self._lock:
+            return list(self._records)
+
+
+class Agent:
+    """The agent's RPC server and its notification listener."""
+
+    def __init__(self, settings: Any, host: str | None = None) -> None:
+        self.host = host or settings.zmq.rpc_zmq_host
+        self.endpoint = AgentEndpoint(settings, self.host)
+        self.rpc = RpcServer(settings, AGENT_TOPIC, [self.endpoint], server=self.host)
+        self.notifications = RpcServer(
+            settings, f"{AGENT_NOTIFICATIONS}.info", self._on_notification, server=self.host
+        )
+
+    def _on_notification(self, request: Request) -> None:
+        message = request.message
+        self.endpoint.record({}, {"event_type": message.get("event_type"), "payload": message.get("payload")})
+
+    def start(self) -> Agent:
+        self.rpc.start()
+        self.endpoint.address = self.rpc.address
+        self.notifications.start()
+        LOG.info(
+            "zmqrpc agent on %s: %s (%s)", self.host, self.rpc.address, topology_name(self.rpc.settings.zmq)
+        )
+        return self
+
+    def stop(self) -> None:
+        self.notifications.stop()
+        self.rpc.stop()
