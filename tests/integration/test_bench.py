@@ -1,0 +1,100 @@
+"""`zmqrpc bench` end to end: separate server processes, raw baseline, one JSON line per measurement.
+
+Only the shape and consistency of the figures are checked here; the figures themselves belong in benchmark
+runs, not in tests, so there are no timing thresholds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+TOPOLOGIES = ("static-direct", "dynamic-direct")
+PATTERNS = ("call", "cast", "fanout")
+CONCURRENCIES = (1, 4)
+REQUIRED = {
+    "topology": str,
+    "pattern": str,
+    "concurrency": int,
+    "payload_size": int,
+    "duration_s": float,
+    "messages": int,
+    "msgs_per_s": float,
+    "p50_us": float,
+    "p99_us": float,
+    "latency_kind": str,
+    "baseline_raw_pyzmq_msgs_per_s": float,
+    "baseline_p50_us": float,
+    "ratio_to_baseline": float,
+}
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict]:
+    cmd = [
+        sys.executable, "-m", "zmqrpc.bench", "--json", "--duration", "0.5",
+        "--concurrency", "1,4", "--pattern", ",".join(PATTERNS), "--topology", ",".join(TOPOLOGIES),
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert lines, proc.stderr[-4000:]
+    return [json.loads(line) for line in lines]  # --json: nothing but JSON lines on stdout
+
+
+def test_one_line_per_measurement(records: list[dict]) -> None:
+    seen = sorted((r["topology"], r["pattern"], r["concurrency"]) for r in records)
+    assert seen == sorted(itertools.product(TOPOLOGIES, PATTERNS, CONCURRENCIES))
+
+
+def test_required_keys_and_types(records: list[dict]) -> None:
+    for record in records:
+        for key, kind in REQUIRED.items():
+            assert key in record, (key, record)
+            # JSON writes 12.0 as 12.0 but a whole float may come back as int; both are numbers.
+            expected = (int, float) if kind is float else kind
+            assert isinstance(record[key], expected), (key, record)
+        assert record["payload_size"] == 1024
+        assert record["latency_kind"] == ("round_trip" if record["pattern"] == "call" else "client_send")
+
+
+def test_figures_are_positive(records: list[dict]) -> None:
+    for record in records:
+        assert record["messages"] > 0, record
+        assert record["msgs_per_s"] > 0, record
+        assert record["baseline_raw_pyzmq_msgs_per_s"] > 0, record
+        assert record["baseline_messages"] > 0, record
+        assert record["p50_us"] <= record["p99_us"], record
+
+
+def test_ratio_matches_rates(records: list[dict]) -> None:
+    for record in records:
+        expected = record["msgs_per_s"] / record["baseline_raw_pyzmq_msgs_per_s"]
+        # Both rates are rounded to 0.1 msg/s and the ratio to 4 decimals.
+        assert record["ratio_to_baseline"] == pytest.approx(expected, rel=1e-3, abs=1e-4), record
+
+
+def test_rate_matches_count(records: list[dict]) -> None:
+    for record in records:
+        assert record["msgs_per_s"] == pytest.approx(record["messages"] / record["duration_s"], rel=0.01), (
+            record
+        )
+
+
+def test_fanout_reaches_every_server(records: list[dict]) -> None:
+    for record in records:
+        assert record["receivers"] == (3 if record["pattern"] == "fanout" else 1), record

@@ -1,0 +1,869 @@
+"""`zmqrpc bench`: zmqrpc throughput and latency against a raw pyzmq baseline measured in the same run.
+
+Every measurement (one topology, pattern and concurrency) runs in two halves, baseline first:
+
+* **raw pyzmq**: a Python DEALER in this process against Python ROUTER process(es): an echo for call, a
+  counting sink for cast and fanout. Same payload size, same concurrency.
+* **zmqrpc**: an :class:`~zmqrpc.client.RpcClient` in this process against
+  :class:`~zmqrpc.server.RpcServer` process(es) whose endpoint echoes (call) or counts (cast, fanout).
+
+Servers always run in separate processes (``multiprocessing`` with the spawn method), started afresh for each
+measurement and stopped (terminated, then killed) in a ``finally``. What is measured:
+
+* **call**: ``N`` in flight, either ``N`` threads doing sequential calls on one client (``call_mode=threads``,
+  the usual oslo.messaging shape) or one thread keeping ``N`` ``call_async`` futures in flight
+  (``call_mode=async``). Latency is the round trip seen by the caller. The raw baseline has the same shape:
+  ``N`` threads with a DEALER each doing sequential round trips (threads), or one thread keeping ``N``
+  requests in flight on one DEALER (async; pipelined, the fastest a Python client can drive pyzmq).
+* **cast** / **fanout**: ``N`` sender threads. Throughput is counted at the receivers (messages delivered per
+  second, read from counters the server processes share with this one), not at the sender. A sender stops
+  while more than ``--cast-window`` deliveries are outstanding, so no queue grows without bound and the
+  figure is the steady delivered rate. Latency is the client-side time of one send call. The raw baseline
+  is one thread sending on one DEALER per receiver under the same window.
+
+Messages are counted only inside the measured window, after a warm-up that opens the connections.
+
+Topologies are entries of :data:`TOPOLOGIES`. A topology adds ``[oslo_messaging_zmq]`` options and may start
+its own helper processes (proxies) around a measurement through :meth:`Topology.prepare`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
+from typing import Any
+
+import zmq
+
+LOG = logging.getLogger(__name__)
+
+PATTERNS = ("call", "cast", "fanout")
+CALL_MODES = ("threads", "async")
+HOST = "127.0.0.1"
+CALL_TIMEOUT = 10.0  # seconds; bounds how long a measurement can overrun when a server stalls
+START_TIMEOUT = 30.0  # seconds for a server process to come up
+DRAIN_TIMEOUT = 2.0  # seconds receivers get to catch up after a one-way window
+STALL_TIMEOUT = 5.0  # seconds a sender waits for receivers to make progress before giving up
+
+
+class BenchError(RuntimeError):
+    """A measurement could not run (a server did not start, nothing was delivered, ...)."""
+
+
+# --- topologies
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A way of deploying zmqrpc that the bench can measure.
+
+    ``options`` are ``[oslo_messaging_zmq]`` overrides given to clients and servers. Topologies that need
+    helper processes (proxies) override :meth:`prepare`.
+    """
+
+    name: str
+    description: str
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def prepare(self, run: BenchRun) -> Iterator[dict[str, Any]]:
+        """Start what the topology needs for one measurement; yield the options clients and servers use."""
+        yield dict(self.options)
+
+
+TOPOLOGIES: dict[str, Topology] = {
+    t.name: t
+    for t in (
+        Topology("static-direct", "one kept connection per server", {"use_dynamic_connections": False}),
+        Topology("dynamic-direct", "a connection per message", {"use_dynamic_connections": True}),
+    )
+}
+
+
+# --- results
+
+
+@dataclasses.dataclass
+class Sample:
+    """What one half (raw or zmqrpc) of a measurement saw."""
+
+    messages: int
+    seconds: float
+    latencies: list[float]  # seconds
+    errors: int = 0
+    undelivered: int | None = None  # one-way: sent but not delivered by DRAIN_TIMEOUT after the window
+
+    def __post_init__(self) -> None:
+        self.latencies.sort()
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile_us(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        return round(self.latencies[min(len(self.latencies) - 1, int(q * len(self.latencies)))] * 1e6, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    topology: Topology
+    pattern: str
+    concurrency: int
+    call_mode: str  # "threads" or "async" for call; "threads" for cast and fanout
+    fanout_servers: int = 3
+
+    @property
+    def receivers(self) -> int:
+        return self.fanout_servers if self.pattern == "fanout" else 1
+
+
+def _baseline_mode(case: Case) -> str:
+    if case.pattern != "call":
+        return "raw pyzmq: 1 thread, 1 DEALER per receiver, one-way, same window"
+    if case.call_mode == "threads":
+        threads = "1 thread" if case.concurrency == 1 else f"{case.concurrency} threads"
+        return f"raw pyzmq: {threads}, 1 DEALER each, sequential echo"
+    return f"raw pyzmq: 1 thread, 1 DEALER, {case.concurrency} echo requests in flight"
+
+
+def _record(case: Case, run: BenchRun, raw: Sample, rpc: Sample) -> dict[str, Any]:
+    one_way = case.pattern != "call"
+    ratio = rpc.rate / raw.rate if raw.rate > 0 else None
+    p50, raw_p50 = rpc.percentile_us(0.5), raw.percentile_us(0.5)
+    record: dict[str, Any] = {
+        "topology": case.topology.name,
+        "pattern": case.pattern,
+        "concurrency": case.concurrency,
+        "call_mode": case.call_mode,
+        "payload_size": run.payload_size,
+        "serialization": run.serialization,
+        "matchmaker": run.matchmaker,
+        "receivers": case.receivers,
+        "duration_s": round(rpc.seconds, 3),
+        "messages": rpc.messages,
+        "msgs_per_s": round(rpc.rate, 1),
+        "measured_at": "receiver" if one_way else "caller",
+        "latency_kind": "client_send" if one_way else "round_trip",
+        "p50_us": p50,
+        "p99_us": rpc.percentile_us(0.99),
+        "errors": rpc.errors,
+        "undelivered": rpc.undelivered,
+        "baseline_mode": _baseline_mode(case),
+        "baseline_messages": raw.messages,
+        "baseline_raw_pyzmq_msgs_per_s": round(raw.rate, 1),
+        "baseline_p50_us": raw_p50,
+        "baseline_p99_us": raw.percentile_us(0.99),
+        "ratio_to_baseline": round(ratio, 4) if ratio is not None else None,
+        "p50_ratio_to_baseline": round(p50 / raw_p50, 3) if p50 and raw_p50 else None,
+    }
+    if case.pattern == "fanout":
+        record["fanouts_per_s"] = round(rpc.rate / case.receivers, 1)
+    # Other load on the machine skews every figure: say how busy it was.
+    record["cpus"] = os.cpu_count()
+    record["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    return record
+
+
+# --- server processes
+
+
+def _watch_stop(conn: Any) -> threading.Event:
+    """An event set when the parent says stop or goes away (its end of the pipe closes)."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            conn.recv()
+        stop.set()
+
+    threading.Thread(target=watch, name="bench-stop", daemon=True).start()
+    return stop
+
+
+def _raw_server(conn: Any, count: Any, port: int, echo: bool) -> None:
+    """Raw pyzmq ROUTER: echo every request (call baseline) or count it (cast and fanout baseline)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 100)
+    sock.bind(f"tcp://{HOST}:{port}")
+    stop = _watch_stop(conn)
+    conn.send(("ready",))
+    received = 0
+    try:
+        while not stop.is_set():
+            try:
+                frames = sock.recv_multipart()
+            except zmq.Again:
+                continue
+            if echo:
+                sock.send_multipart(frames)
+            received += 1
+            count.value = received
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+class _BenchEndpoint:
+    """The zmqrpc server's endpoint: ``echo`` returns the payload, ``count`` counts it."""
+
+    def __init__(self, count: Any) -> None:
+        self._shared = count
+        self._lock = threading.Lock()
+        self._received = 0
+
+    def _bump(self) -> None:
+        with self._lock:
+            self._received += 1
+            self._shared.value = self._received
+
+    def echo(self, context: dict[str, Any], payload: str) -> str:
+        self._bump()
+        return payload
+
+    def count(self, context: dict[str, Any], payload: str) -> None:
+        self._bump()
+
+
+def _zmqrpc_server(conn: Any, count: Any, url: str, overrides: dict[str, Any], topic: str, name: str) -> None:
+    """An RpcServer serving ``topic`` with :class:`_BenchEndpoint` until the parent says stop."""
+    from zmqrpc.config import load_settings
+    from zmqrpc.server import RpcServer
+
+    server = RpcServer(
+        load_settings(url=url, overrides=overrides), topic, [_BenchEndpoint(count)], server=name
+    )
+    server.start()
+    stop = _watch_stop(conn)
+    conn.send(("ready", server.address))
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+
+
+def _child_main(conn: Any, count: Any, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(processName)s %(levelname)s %(message)s")
+    try:
+        target(conn, count, *args)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            conn.send(("error", traceback.format_exc()))
+        raise
+
+
+class ServerProcess:
+    """A server in its own process, with a shared counter of the messages it received."""
+
+    def __init__(self, mp: Any, name: str, target: Callable[..., None], *args: Any) -> None:
+        self.name = name
+        self.count = mp.RawValue("q", 0)
+        self.conn, child_conn = mp.Pipe()
+        self.proc = mp.Process(
+            target=_child_main, args=(child_conn, self.count, target, args), name=name, daemon=True
+        )
+        self.proc.start()
+        child_conn.close()
+
+    def wait_ready(self, deadline: float) -> None:
+        while True:
+            if self.conn.poll(0.05):
+                try:
+                    message = self.conn.recv()
+                except EOFError:
+                    message = ("error", "")
+                if message[0] == "ready":
+                    return
+                raise BenchError(f"{self.name} failed to start:\n{message[1]}".rstrip())
+            if not self.proc.is_alive():
+                raise BenchError(f"{self.name} exited with code {self.proc.exitcode} before it was ready")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.name} was not ready within {START_TIMEOUT:.0f} s")
+
+    def request_stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send("stop")
+
+    def stop(self) -> None:
+        """Ask the process to stop; terminate it, then kill it, if it does not."""
+        self.request_stop()
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(2)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+@contextlib.contextmanager
+def _server_group() -> Iterator[list[ServerProcess]]:
+    """A list to start server processes into; every one of them is stopped on the way out."""
+    processes: list[ServerProcess] = []
+    try:
+        yield processes
+    finally:
+        for proc in processes:
+            proc.request_stop()  # all at once: they shut down in parallel
+        for proc in processes:
+            proc.stop()
+
+
+def _wait_ready(processes: list[ServerProcess]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    for proc in processes:
+        proc.wait_ready(deadline)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on the loopback (held together while picking, so all differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# --- drivers
+
+
+class Window:
+    """The measured window: warm-up first, then ``duration`` seconds (perf_counter times)."""
+
+    def __init__(self, warmup: float, duration: float) -> None:
+        self.start = time.perf_counter() + warmup
+        self.end = self.start + duration
+
+    def counted(self, t0: float, t1: float) -> bool:
+        return t0 >= self.start and t1 <= self.end
+
+    def receiver_rate(self, counters: Sequence[Any]) -> tuple[int, float]:
+        """Sleep through the window; return the messages the receivers counted in it and its length."""
+        _sleep_until(self.start)
+        t0, first = time.perf_counter(), sum(c.value for c in counters)
+        _sleep_until(self.end)
+        t1, last = time.perf_counter(), sum(c.value for c in counters)
+        return last - first, t1 - t0
+
+
+def _sleep_until(when: float) -> None:
+    delay = when - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
+class Gate:
+    """Keeps about ``window`` deliveries outstanding: messages sent (times receivers) minus received.
+
+    The fast path is one counter increment; only a sender that finds the window full reads the
+    receivers' counters, and one blocked sender at a time polls them while the others wait on the lock
+    without spinning, so a full window costs the process under test little CPU.
+    """
+
+    def __init__(self, counters: Sequence[Any], per_message: int, window: int) -> None:
+        self._counters = counters
+        self._per_message = per_message
+        self._window = window
+        self._lock = threading.Lock()
+        self._sent = itertools.count(1)  # next() is atomic under the GIL
+        self._delivered = 0
+        self.stalled = False
+
+    def sent(self, end: float) -> None:
+        """Count one message sent, then block while too much is outstanding.
+
+        Returns at ``end`` (the end of the window) at the latest, or after STALL_TIMEOUT without any
+        delivery (then ``stalled`` is set).
+        """
+        sent = next(self._sent) * self._per_message
+        if sent - self._delivered <= self._window:
+            return
+        with self._lock:
+            since = time.perf_counter()
+            while True:
+                delivered = sum(c.value for c in self._counters)
+                if delivered != self._delivered:
+                    self._delivered, since = delivered, time.perf_counter()
+                if sent - delivered <= self._window:
+                    return
+                now = time.perf_counter()
+                if now > end:
+                    return
+                if now - since > STALL_TIMEOUT:
+                    self.stalled = True
+                    return
+                time.sleep(0.0005)
+
+    def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for the receivers to catch up; return the deliveries still missing."""
+        deadline = time.perf_counter() + timeout
+        expected = (next(self._sent) - 1) * self._per_message  # the senders have stopped
+        while True:
+            missing = expected - sum(c.value for c in self._counters)
+            if missing <= 0 or time.perf_counter() > deadline:
+                return max(missing, 0)
+            time.sleep(0.002)
+
+
+def drive_threads(
+    threads: int, window: Window, op: Callable[[], None], gate: Gate | None = None
+) -> tuple[list[float], int]:
+    """Run ``op`` in a loop on ``threads`` threads until the window ends.
+
+    Returns the latencies of the operations that ran entirely inside the window, and the errors.
+    """
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    errors = [0] * threads
+
+    def worker(i: int) -> None:
+        mine = latencies[i]
+        clock = time.perf_counter
+        while True:
+            t0 = clock()
+            if t0 >= window.end:
+                return
+            try:
+                op()
+            except Exception as exc:
+                errors[i] += 1
+                if errors[i] == 1:
+                    LOG.warning("bench operation failed: %s: %s", type(exc).__name__, exc)
+                continue
+            t1 = clock()
+            if window.counted(t0, t1):
+                mine.append(t1 - t0)
+            if gate is not None:
+                gate.sent(window.end)
+
+    pool = [threading.Thread(target=worker, args=(i,), name=f"bench-{i}") for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return [x for per_thread in latencies for x in per_thread], sum(errors)
+
+
+def _raw_dealer(ctx: zmq.Context, port: int) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(CALL_TIMEOUT * 1000))
+    sock.connect(f"tcp://{HOST}:{port}")
+    return sock
+
+
+def raw_call_threads(port: int, payload: bytes, threads: int, window: Window) -> Sample:
+    """``threads`` threads, each with its own DEALER, each doing sequential echo round trips."""
+    ctx = zmq.Context()
+    local = threading.local()
+    lock = threading.Lock()
+    socks: list[zmq.Socket] = []
+
+    def echo() -> None:
+        sock = getattr(local, "sock", None)
+        if sock is None:
+            sock = local.sock = _raw_dealer(ctx, port)
+            with lock:
+                socks.append(sock)
+        sock.send(payload)
+        sock.recv()
+
+    try:
+        latencies, errors = drive_threads(threads, window, echo)
+    finally:
+        for sock in socks:
+            sock.close(0)
+        ctx.term()
+    return Sample(len(latencies), window.end - window.start, latencies, errors)
+
+
+def raw_call(port: int, payload: bytes, in_flight: int, window: Window) -> Sample:
+    """One DEALER keeping ``in_flight`` echo requests outstanding (the ROUTER echoes in order)."""
+    ctx = zmq.Context()
+    sock = _raw_dealer(ctx, port)
+    clock = time.perf_counter
+    sent_at: deque[float] = deque()
+    latencies: list[float] = []
+    try:
+        for _ in range(in_flight):
+            sent_at.append(clock())
+            sock.send(payload)
+        while sent_at:
+            try:
+                sock.recv()
+            except zmq.Again:
+                raise BenchError(f"raw echo server gave no reply within {CALL_TIMEOUT} s") from None
+            t1 = clock()
+            t0 = sent_at.popleft()
+            if window.counted(t0, t1):
+                latencies.append(t1 - t0)
+            if t1 < window.end:
+                sent_at.append(clock())
+                sock.send(payload)
+    finally:
+        sock.close(0)
+        ctx.term()
+    return Sample(len(latencies), window.end - window.start, latencies)
+
+
+def one_way(
+    send: Callable[[], None], threads: int, counters: list[Any], window: Window, cast_window: int
+) -> Sample:
+    """Run ``send`` (one message to every receiver) on ``threads`` threads, counting at the receivers."""
+    result: list[tuple[int, float]] = []
+    counter = threading.Thread(target=lambda: result.append(window.receiver_rate(counters)))
+    counter.start()
+    gate = Gate(counters, len(counters), cast_window)
+    latencies, errors = drive_threads(threads, window, send, gate)
+    counter.join()
+    if gate.stalled:
+        errors += 1
+        LOG.warning("receivers stopped making progress for %.0f s", STALL_TIMEOUT)
+    messages, seconds = result[0]
+    return Sample(messages, seconds, latencies, errors, undelivered=gate.drain(DRAIN_TIMEOUT))
+
+
+def raw_one_way(
+    ports: list[int], counters: list[Any], payload: bytes, window: Window, cast_window: int
+) -> Sample:
+    """One thread sending every message once to each receiver, over one DEALER per receiver."""
+    ctx = zmq.Context()
+    socks = []
+    try:
+        for port in ports:
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"tcp://{HOST}:{port}")
+            socks.append(sock)
+
+        def send() -> None:
+            for sock in socks:
+                sock.send(payload)
+
+        return one_way(send, 1, counters, window, cast_window)
+    finally:
+        for sock in socks:
+            sock.close(0)
+        ctx.term()
+
+
+def rpc_call(client: Any, topic: str, payload: str, case: Case, window: Window) -> Sample:
+    args = {"payload": payload}
+    if case.call_mode == "threads":
+
+        def call() -> None:
+            if client.call(topic, "echo", args, timeout=CALL_TIMEOUT) != payload:
+                raise BenchError("echo returned a different payload")
+
+        latencies, errors = drive_threads(case.concurrency, window, call)
+        return Sample(len(latencies), window.end - window.start, latencies, errors)
+    return _rpc_call_async(client, topic, payload, case.concurrency, window)
+
+
+def _rpc_call_async(client: Any, topic: str, payload: str, in_flight: int, window: Window) -> Sample:
+    """One thread keeping ``in_flight`` call_async futures outstanding."""
+    args = {"payload": payload}
+    clock = time.perf_counter
+    pending: dict[futures.Future, float] = {}
+    latencies: list[float] = []
+    errors = 0
+    while True:
+        now = clock()
+        while len(pending) < in_flight and now < window.end:
+            pending[client.call_async(topic, "echo", args, timeout=CALL_TIMEOUT)] = clock()
+        if not pending:
+            break
+        done, _ = futures.wait(pending, timeout=CALL_TIMEOUT, return_when=futures.FIRST_COMPLETED)
+        t1 = clock()
+        if not done:
+            raise BenchError(f"no reply within {CALL_TIMEOUT} s")
+        for future in done:
+            t0 = pending.pop(future)
+            try:
+                ok = client.wait(future, 0) == payload
+            except Exception:
+                ok = False
+            if not ok:
+                errors += 1
+            elif window.counted(t0, t1):
+                latencies.append(t1 - t0)
+    return Sample(len(latencies), window.end - window.start, latencies, errors)
+
+
+def rpc_one_way(
+    client: Any, topic: str, payload: str, case: Case, counters: list[Any], window: Window, cast_window: int
+) -> Sample:
+    args = {"payload": payload}
+    if case.pattern == "cast":
+
+        def send() -> None:
+            client.cast(topic, "count", args, strict=True)
+    else:
+
+        def send() -> None:
+            if client.fanout(topic, "count", args, strict=True) != case.receivers:
+                raise BenchError("fanout did not reach every server")
+
+    return one_way(send, case.concurrency, counters, window, cast_window)
+
+
+# --- the run
+
+
+@dataclasses.dataclass
+class BenchRun:
+    """Settings shared by every measurement of one ``zmqrpc bench`` invocation."""
+
+    duration: float
+    warmup: float
+    payload_size: int
+    serialization: str
+    matchmaker: str  # "ring" or "redis"
+    redis_url: str | None
+    fanout_servers: int
+    cast_window: int
+    workdir: str
+    mp: Any = dataclasses.field(default_factory=lambda: multiprocessing.get_context("spawn"))
+    _serial: int = 0
+
+    def transport(self, topic: str, addresses: list[str]) -> tuple[str, dict[str, Any]]:
+        """The transport URL and options that make ``topic`` reach ``addresses``."""
+        options: dict[str, Any] = {"rpc_zmq_serialization": self.serialization}
+        if self.matchmaker == "redis":
+            assert self.redis_url
+            return "zmq+redis://" + self.redis_url.split("://", 1)[-1], options
+        ringfile = os.path.join(self.workdir, f"ring-{self._serial}.json")
+        with open(ringfile, "w", encoding="utf-8") as fh:
+            json.dump({topic: addresses}, fh)
+        options.update(rpc_zmq_matchmaker="ring", rpc_zmq_matchmaker_ringfile=ringfile)
+        return "zmq://", options
+
+    def measure(self, case: Case) -> dict[str, Any]:
+        """Run one measurement, baseline first; return its JSON record."""
+        self._serial += 1
+        topic = f"bench{os.getpid()}n{self._serial}"
+        n = case.receivers
+        ports = free_ports(2 * n)
+        raw_ports, rpc_ports = ports[:n], ports[n:]
+        payload = "x" * self.payload_size
+        with case.topology.prepare(self) as topo_options, _server_group() as procs:
+            url, options = self.transport(topic, [f"{HOST}:{p}" for p in rpc_ports])
+            options.update(topo_options)
+            for i, port in enumerate(raw_ports):
+                procs.append(
+                    ServerProcess(self.mp, f"raw-server{i}", _raw_server, port, case.pattern == "call")
+                )
+            for i, port in enumerate(rpc_ports):
+                server_options = {
+                    **options,
+                    "rpc_zmq_bind_address": HOST,
+                    "rpc_zmq_min_port": port,  # the ring file names exactly this port
+                    "rpc_zmq_max_port": port + 1,
+                    "rpc_zmq_bind_port_retries": 1,
+                }
+                args = (url, server_options, topic, f"server{i}")
+                procs.append(ServerProcess(self.mp, f"zmqrpc-server{i}", _zmqrpc_server, *args))
+            _wait_ready(procs)
+            raw = self._measure_raw(case, raw_ports, [p.count for p in procs[:n]], payload.encode())
+            rpc = self._measure_rpc(case, url, options, topic, [p.count for p in procs[n:]], payload)
+        if raw.messages <= 0:
+            raise BenchError("the raw baseline delivered no message")
+        if rpc.messages <= 0:
+            raise BenchError("zmqrpc delivered no message")
+        return _record(case, self, raw, rpc)
+
+    def _measure_raw(self, case: Case, ports: list[int], counters: list[Any], payload: bytes) -> Sample:
+        window = Window(self.warmup, self.duration)
+        if case.pattern != "call":
+            return raw_one_way(ports, counters, payload, window, self.cast_window)
+        shape = raw_call_threads if case.call_mode == "threads" else raw_call
+        return shape(ports[0], payload, case.concurrency, window)
+
+    def _measure_rpc(
+        self, case: Case, url: str, options: dict[str, Any], topic: str, counters: list[Any], payload: str
+    ) -> Sample:
+        from zmqrpc.client import RpcClient
+        from zmqrpc.config import load_settings
+
+        client = RpcClient(load_settings(url=url, overrides=options))
+        try:
+            window = Window(self.warmup, self.duration)
+            if case.pattern == "call":
+                return rpc_call(client, topic, payload, case, window)
+            return rpc_one_way(client, topic, payload, case, counters, window, self.cast_window)
+        finally:
+            client.close()
+
+
+# --- command line
+
+
+def _split(values: list[str] | None, default: str) -> list[str]:
+    items = [part.strip() for value in (values or [default]) for part in value.split(",")]
+    return list(dict.fromkeys(item for item in items if item))
+
+
+def _choices(values: list[str] | None, default: str, allowed: Sequence[str], flag: str) -> list[str]:
+    chosen = _split(values, default)
+    for item in chosen:
+        if item not in allowed:
+            raise argparse.ArgumentTypeError(
+                f"{flag}: unknown value {item!r} (choose from {', '.join(allowed)})"
+            )
+    return chosen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zmqrpc bench",
+        description="Measure zmqrpc call, cast and fanout against a raw pyzmq DEALER/ROUTER baseline "
+        "measured in the same run. Servers run in separate processes.",
+    )
+    multi = "repeatable, or a comma-separated list"
+    parser.add_argument(
+        "--topology",
+        action="append",
+        help=f"{'; '.join(f'{t.name}: {t.description}' for t in TOPOLOGIES.values())} "
+        f"({multi}; default static-direct)",
+    )
+    parser.add_argument("--pattern", action="append", help=f"{', '.join(PATTERNS)} ({multi}; default all)")
+    parser.add_argument(
+        "--concurrency",
+        action="append",
+        help=f"calls in flight, or sender threads for cast and fanout ({multi}; default 1,16)",
+    )
+    parser.add_argument(
+        "--call-mode",
+        action="append",
+        help="threads: N threads calling on one client; async: one thread keeping N call_async futures "
+        f"in flight ({multi}; default threads)",
+    )
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per figure (default 3)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        help="seconds before each measured window (default 20%% of --duration, <= 0.5)",
+    )
+    parser.add_argument(
+        "--payload-size", type=int, default=1024, help="payload bytes per message (default 1024)"
+    )
+    parser.add_argument("--fanout-servers", type=int, default=3, help="servers a fanout reaches (default 3)")
+    parser.add_argument("--serialization", choices=["json", "msgpack"], default="json")
+    parser.add_argument(
+        "--matchmaker",
+        choices=["ring", "redis"],
+        default="ring",
+        help="ring: a ring file the bench writes (default); redis: the Redis at --redis-url",
+    )
+    parser.add_argument("--redis-url", help="redis://host:port of a running Redis, for --matchmaker redis")
+    parser.add_argument(
+        "--cast-window",
+        type=int,
+        default=500,
+        help="most cast/fanout deliveries the senders keep outstanding (default 500: dynamic connections "
+        "hold a socket per outstanding message, and a ZeroMQ context allows 1023 sockets by default)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON lines only (no table)")
+    return parser
+
+
+def _format_table(records: list[dict[str, Any]]) -> str:
+    columns = [
+        ("topology", "topology", "{}"),
+        ("pattern", "pattern", "{}"),
+        ("N", "concurrency", "{}"),
+        ("mode", "call_mode", "{}"),
+        ("msgs/s", "msgs_per_s", "{:,.0f}"),
+        ("p50 us", "p50_us", "{:,.0f}"),
+        ("p99 us", "p99_us", "{:,.0f}"),
+        ("raw msgs/s", "baseline_raw_pyzmq_msgs_per_s", "{:,.0f}"),
+        ("raw p50 us", "baseline_p50_us", "{:,.0f}"),
+        ("ratio", "ratio_to_baseline", "{:.2f}"),
+        ("errors", "errors", "{}"),
+    ]
+    rows = [[title for title, _, _ in columns]]
+    for record in records:
+        rows.append(["-" if record[key] is None else fmt.format(record[key]) for _, key, fmt in columns])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        topologies = [
+            TOPOLOGIES[t] for t in _choices(args.topology, "static-direct", list(TOPOLOGIES), "--topology")
+        ]
+        patterns = _choices(args.pattern, ",".join(PATTERNS), PATTERNS, "--pattern")
+        call_modes = _choices(args.call_mode, "threads", CALL_MODES, "--call-mode")
+        concurrencies = [int(c) for c in _split(args.concurrency, "1,16")]
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        parser.error(str(exc))
+    if any(c < 1 for c in concurrencies):
+        parser.error("--concurrency values must be >= 1")
+    if args.duration <= 0 or args.payload_size < 0 or args.fanout_servers < 1 or args.cast_window < 1:
+        parser.error("--duration, --fanout-servers and --cast-window must be positive, --payload-size >= 0")
+    if args.matchmaker == "redis" and not args.redis_url:
+        parser.error("--matchmaker redis needs --redis-url redis://host:port")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warmup = args.warmup if args.warmup is not None else min(0.5, 0.2 * args.duration)
+
+    failures = 0
+    records: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="zmqrpc-bench-") as workdir:
+        run = BenchRun(
+            duration=args.duration,
+            warmup=warmup,
+            payload_size=args.payload_size,
+            serialization=args.serialization,
+            matchmaker=args.matchmaker,
+            redis_url=args.redis_url,
+            fanout_servers=args.fanout_servers,
+            cast_window=args.cast_window,
+            workdir=workdir,
+        )
+        for topology in topologies:
+            for pattern in patterns:
+                for concurrency in concurrencies:
+                    for mode in call_modes if pattern == "call" else ["threads"]:
+                        case = Case(topology, pattern, concurrency, mode, fanout_servers=args.fanout_servers)
+                        try:
+                            record = run.measure(case)
+                        except Exception as exc:
+                            failures += 1
+                            LOG.error("%s %s N=%d failed: %s", topology.name, pattern, concurrency, exc)
+                            continue
+                        records.append(record)
+                        print(json.dumps(record), flush=True)
+    if not args.json and records:
+        print()
+        print(_format_table(records))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
