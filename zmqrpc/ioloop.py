@@ -31,22 +31,30 @@ class IOLoop:
         self._handlers: dict[zmq.Socket, Handler] = {}
         self._flags: dict[zmq.Socket, int] = {}
         self._tickers: list[Callable[[float], None]] = []
+        self._tick_interval = tick_interval
         self._tick_ms = int(tick_interval * 1000)
+        self._next_tick = 0.0
+        self._wake_pending = False
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     # --- called from any thread ---
     def submit(self, task: Callable[[], None]) -> None:
         self._tasks.append(task)
-        os.eventfd_write(self._wake_fd, 1)
+        # One wake-up per batch: the loop clears the flag before it drains the tasks, so a task added
+        # after that point always writes again (a duplicate write from two racing threads is harmless).
+        if not self._wake_pending:
+            self._wake_pending = True
+            os.eventfd_write(self._wake_fd, 1)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stopping = True
-        os.eventfd_write(self._wake_fd, 1)
+        if not self._stopping:
+            self._stopping = True
+            os.eventfd_write(self._wake_fd, 1)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -73,7 +81,7 @@ class IOLoop:
             self._poller.unregister(sock)
 
     def add_ticker(self, ticker: Callable[[float], None]) -> None:
-        """Run ``ticker(now)`` after every poll (at least every tick_interval)."""
+        """Run ``ticker(now)`` about every tick_interval."""
         self._tickers.append(ticker)
 
     def _run(self) -> None:
@@ -95,12 +103,16 @@ class IOLoop:
             self._run_tasks()
             if self._tickers:
                 now = time.monotonic()
-                for ticker in self._tickers:
-                    self._guard(ticker, now)
+                if now >= self._next_tick:
+                    self._next_tick = now + self._tick_interval
+                    for ticker in self._tickers:
+                        self._guard(ticker, now)
         self._run_tasks()
+        self._wake_pending = True  # closed: no more writes to the eventfd
         os.close(self._wake_fd)
 
     def _run_tasks(self) -> None:
+        self._wake_pending = False
         tasks = self._tasks
         while tasks:
             self._guard(tasks.popleft())
