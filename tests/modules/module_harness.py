@@ -1,0 +1,92 @@
+"""Harness for the custom module tests: ansible-core's way of running a module, and real Redis processes.
+
+Modules run as in ansible-core's own unit tests: arguments through ``patch_module_args``,
+``exit_json``/``fail_json`` patched to raise. Redis processes are started by the test on a
+127.0.0.1 port picked at run time, and stopped when the test ends.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+LIBRARY = Path(__file__).resolve().parents[2] / "library"
+if str(LIBRARY) not in sys.path:
+    sys.path.insert(0, str(LIBRARY))
+
+
+class AnsibleExitJson(Exception):
+    """Raised instead of exit_json: carries the module's result."""
+
+
+class AnsibleFailJson(Exception):
+    """Raised instead of fail_json: carries the module's result."""
+
+
+def exit_json(self, **kwargs):
+    kwargs.setdefault("changed", False)
+    raise AnsibleExitJson(kwargs)
+
+
+def fail_json(self, msg, **kwargs):
+    kwargs["failed"] = True
+    kwargs["msg"] = msg
+    raise AnsibleFailJson(kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisProcess:
+    """A redis-server or redis-sentinel started for one test."""
+
+    def __init__(self, binary: str, workdir: Path, config: str, password: str | None = None):
+        self.port = free_port()
+        self.password = password
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_file = workdir / "redis.conf"
+        self.config_file.write_text(f"bind 127.0.0.1\nport {self.port}\ndir {workdir}\n{config}")
+        self.log = workdir / "log"
+        self.proc = subprocess.Popen(
+            [binary, str(self.config_file)], stdout=self.log.open("w"), stderr=subprocess.STDOUT
+        )
+        self.client = redis.Redis(
+            host="127.0.0.1", port=self.port, password=password, decode_responses=True, socket_timeout=5
+        )
+        wait_until(self._pings, 10, f"{binary} on port {self.port} (log: {self.log})")
+
+    def _pings(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"process exited: {self.log.read_text()}")
+        try:
+            return self.client.ping()
+        except redis.ConnectionError:
+            return False
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
