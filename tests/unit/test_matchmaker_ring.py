@@ -154,6 +154,7 @@ class CountingMatchMaker(DummyMatchMaker):
     """The dummy matchmaker, counting get_hosts calls and able to simulate an outage."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls = 0
         self.down = False
 
@@ -283,3 +284,22 @@ def test_empty_ring_is_valid(tmp_ring: WriteRing) -> None:
     mm = RingMatchMaker(tmp_ring({}), 1)
     assert isinstance(mm, MatchMaker)
     assert mm.get_hosts("scheduler") == [] and mm.topics() == {}
+
+
+def test_dummy_matchmaker_shares_registrations_between_processes_through_its_state_dir(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from zmqrpc.matchmaker import DummyMatchMaker as D; "
+        "m = D(sys.argv[1]); m.register('agent', '127.0.0.1:5001', 60); m.register('agent', 'gone:1', 0); "
+        "D(sys.argv[1]).unregister('agent', 'gone:1')"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    shared = DummyMatchMaker(str(tmp_path))
+    assert shared.get_hosts("agent") == ["127.0.0.1:5001"]
+    assert 0 < shared.topics()["agent"]["127.0.0.1:5001"] <= 60
+    assert DummyMatchMaker().get_hosts("agent") == [], "the in-process store is separate"
+    shared.register("short", "h:1", 1)
+    time.sleep(1.1)
+    assert shared.get_hosts("short") == [] and shared.purge_expired() == 1
