@@ -17,6 +17,8 @@ stage "lint: ruff"
 .venv/bin/ruff format --check .
 stage "lint: mypy"
 .venv/bin/mypy zmqrpc
+stage "lint: yamllint, ansible-lint (production profile), argument_specs vs defaults"
+make --no-print-directory lint-ansible
 
 if [ "$mode" = fast ]; then
     stage "unit tests"
@@ -27,4 +29,17 @@ fi
 stage "unit, integration and module tests"
 .venv/bin/pytest -q -p no:cacheprovider tests
 
+stage "lab: podman prerequisites and base image"
+make --no-print-directory lab-prereqs lab-image
+
+timings=()
+for scenario_file in molecule/*/molecule.yml; do
+    scenario=$(basename "$(dirname "$scenario_file")")
+    stage "molecule scenario $scenario"
+    begin=$SECONDS
+    make --no-print-directory "molecule-$scenario"
+    timings+=("$scenario $((SECONDS - begin))s")
+done
+
 stage "done"
+printf 'molecule scenario times: %s\n' "${timings[*]:-none}"
