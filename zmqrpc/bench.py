@@ -38,6 +38,7 @@ import logging
 import multiprocessing
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -86,11 +87,70 @@ class Topology:
         yield dict(self.options)
 
 
+@dataclasses.dataclass(frozen=True)
+class ProxyTopology(Topology):
+    """A topology with one real ``zmqrpc proxy`` process, found through a matchmaker shared by files.
+
+    The proxy registers its ports, so clients and servers use the dummy matchmaker with a state directory
+    (``rpc_zmq_ipc_dir``) shared by every process of the measurement instead of the ring file.
+    """
+
+    publish: bool = False
+
+    @contextlib.contextmanager
+    def prepare(self, run: BenchRun) -> Iterator[dict[str, Any]]:
+        from zmqrpc import protocol
+        from zmqrpc.matchmaker import DummyMatchMaker
+
+        state_dir = tempfile.mkdtemp(prefix="mm-", dir=run.workdir)
+        options = {**self.options, "rpc_zmq_matchmaker": "dummy", "rpc_zmq_ipc_dir": state_dir}
+        config = os.path.join(state_dir, "proxy.conf")
+        with open(config, "w", encoding="utf-8") as fh:
+            fh.write("[DEFAULT]\ntransport_url = zmq://\n[oslo_messaging_zmq]\n")
+            fh.write(
+                "".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}\n" for k, v in options.items())
+            )
+        cmd = [sys.executable, "-m", "zmqrpc.cli", "proxy", "--config-file", config, "--host", HOST]
+        cmd += ["--frontend-port", "0", "--backend-port", "0"]
+        if self.publish:
+            cmd += ["--publisher-port", "0"]
+        proxy = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        try:
+            matchmaker = DummyMatchMaker(state_dir)
+            deadline = time.monotonic() + START_TIMEOUT
+            wanted = [protocol.PROXY_FRONTENDS] + ([protocol.PROXY_PUBLISHERS] if self.publish else [])
+            while not all(matchmaker.get_hosts(t) for t in wanted):
+                if proxy.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"the {self.name} proxy did not start (exit code {proxy.returncode})")
+                time.sleep(0.05)
+            yield options
+        finally:
+            proxy.terminate()
+            try:
+                proxy.wait(10)
+            except subprocess.TimeoutExpired:
+                proxy.kill()
+                proxy.wait()
+
+
 TOPOLOGIES: dict[str, Topology] = {
     t.name: t
     for t in (
         Topology("static-direct", "one kept connection per server", {"use_dynamic_connections": False}),
         Topology("dynamic-direct", "a connection per message", {"use_dynamic_connections": True}),
+        ProxyTopology("router-proxy", "through one router proxy", {"use_router_proxy": True}),
+        ProxyTopology(
+            "pubsub",
+            "router proxy; fanout published once",
+            {"use_router_proxy": True, "use_pub_sub": True},
+            publish=True,
+        ),
+        ProxyTopology(
+            "combined",
+            "dynamic direct calls and casts; fanout published through a proxy",
+            {"use_router_proxy": False, "use_pub_sub": True, "use_dynamic_connections": True},
+            publish=True,
+        ),
     )
 }
 
@@ -154,7 +214,7 @@ def _record(case: Case, run: BenchRun, raw: Sample, rpc: Sample) -> dict[str, An
         "call_mode": case.call_mode,
         "payload_size": run.payload_size,
         "serialization": run.serialization,
-        "matchmaker": run.matchmaker,
+        "matchmaker": "dummy, shared by file" if isinstance(case.topology, ProxyTopology) else run.matchmaker,
         "receivers": case.receivers,
         "duration_s": round(rpc.seconds, 3),
         "messages": rpc.messages,
