@@ -46,6 +46,9 @@ LOG = logging.getLogger(__name__)
 # How long a dynamic send waits for its chosen worker before also connecting to the failover workers.
 # Long enough for a connect on a LAN, short enough that a dead worker costs little.
 FAILOVER_GRACE = 0.05
+# Dynamic mode: at most this many per-message sockets open at once; more messages wait, up to MAX_WAITING.
+MAX_DYNAMIC_LINKS = 256
+MAX_WAITING = 100_000
 # How often the client re-reads which proxies exist (from its cached matchmaker view).
 SYNC_INTERVAL = 1.0
 
@@ -110,6 +113,8 @@ class RpcClient:
         self._round_robin: dict[str, itertools.count] = {}
         self._peers: dict[str, _Link] = {}  # static links by address (I/O thread only)
         self._links: set[_Link] = set()  # every open link (I/O thread only)
+        self._dynamic_links = 0
+        self._waiting: deque[tuple[list[str], _Outgoing]] = deque()  # dynamic: for a free socket
         self._proxy_link: _Link | None = None
         self._frontends: set[str] = set()
         self._next_sync = 0.0
@@ -157,7 +162,11 @@ class RpcClient:
         context: dict[str, Any] | None = None,
         server: str | None = None,
     ) -> Future:
-        """Start a call; the returned future's ``msg_id`` attribute identifies it. Use :meth:`wait`."""
+        """Start a call; the returned future's ``msg_id`` attribute identifies it. Use :meth:`wait`.
+
+        While the server runs the call it may send heartbeats (call monitoring): the future's
+        ``heartbeat_at`` attribute is then the monotonic time of the last one.
+        """
         if timeout is None or timeout <= 0:
             raise ValueError(f"a call needs a positive timeout (got {timeout!r} for topic {topic!r})")
         target = f"{topic}.{server}" if server else topic
@@ -394,7 +403,18 @@ class RpcClient:
             link = self._proxy_link
             assert link is not None
         elif self._dynamic:
-            link = self._open_link(candidates[:1], dynamic=True)
+            if self._dynamic_links >= MAX_DYNAMIC_LINKS:
+                # Bounded sockets (the old driver "ate too many TCP sockets"): wait for one to close.
+                if len(self._waiting) >= MAX_WAITING:
+                    self._fail(out, f"{MAX_WAITING} messages already wait for a dynamic connection")
+                else:
+                    self._waiting.append((ordered, out))
+                return
+            try:
+                link = self._open_link(candidates[:1], dynamic=True)
+            except zmq.ZMQError as exc:  # e.g. EMFILE: out of file descriptors
+                self._fail(out, f"cannot open a connection to {dest}: {exc}")
+                return
             if out.reroutable:
                 link.failover = candidates[1 : 1 + max(0, self._opts.zmq_failover_connections)]
                 link.failover_at = time.monotonic() + FAILOVER_GRACE
@@ -410,6 +430,10 @@ class RpcClient:
         link.outbox.append(out)
         self._flush(link)
 
+    def _route_waiting(self) -> None:
+        while self._waiting and self._dynamic_links < MAX_DYNAMIC_LINKS:
+            self._route(*self._waiting.popleft())
+
     def _send_published(self, out: _Outgoing) -> None:
         assert self._proxy_link is not None
         self._proxy_link.outbox.append(out)
@@ -421,6 +445,7 @@ class RpcClient:
             sock.connect(tcp_endpoint(address))
         link = _Link(sock, list(addresses), dynamic)
         self._links.add(link)
+        self._dynamic_links += dynamic
         self._loop.watch(sock, zmq.POLLIN, functools.partial(self._on_events, link))
         return link
 
@@ -439,7 +464,13 @@ class RpcClient:
         self._proxy_link.addresses = sorted(self._frontends)
 
     def _close_link(self, link: _Link) -> None:
+        if link not in self._links:
+            return
         self._links.discard(link)
+        if link.dynamic:
+            self._dynamic_links -= 1
+            if self._waiting:
+                self._loop.submit(self._route_waiting)  # later, not recursively from inside a send
         for address in link.addresses:
             if self._peers.get(address) is link:
                 del self._peers[address]
@@ -499,6 +530,8 @@ class RpcClient:
                 self._on_reply(link, env)
             elif env.type is MessageType.UNROUTABLE:
                 self._on_unroutable(env)
+            elif env.type is MessageType.HEARTBEAT:
+                self._on_heartbeat(env.msg_id)
             else:
                 self.drops.drop("unexpected type", env.type.name, ",".join(link.addresses))
         if link.dynamic and not link.outbox and not link.awaiting and link in self._links:
@@ -523,6 +556,12 @@ class RpcClient:
         future = self._pending.pop(env.msg_id, None)
         if future is not None and not future.done():
             future.set_result(env.body)
+
+    def _on_heartbeat(self, msg_id: bytes) -> None:
+        """The server still runs the call: note when, on its future (``heartbeat_at``, monotonic)."""
+        future = self._pending.get(msg_id)
+        if future is not None:
+            future.heartbeat_at = time.monotonic()  # type: ignore[attr-defined]
 
     def _on_unroutable(self, env: protocol.Envelope) -> None:
         """A proxy says the server we routed to is not connected: try another worker, or fail fast."""

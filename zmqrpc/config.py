@@ -295,6 +295,33 @@ ZMQ_OPTS: tuple[cfg.Opt, ...] = (
         default=10.0,
         help="zmqrpc: seconds between refreshes of the client routing cache from the matchmaker.",
     ),
+    _zmq_opt(
+        cfg.StrOpt,
+        "zmq_fallback_transport_url",
+        secret=True,
+        help="zmqrpc (oslo.messaging driver): transport URL of a second backend, e.g. "
+        "rabbit://user:pass@host:5672/, for migrating a fleet node by node. Servers listen on zmq and on it; "
+        "calls and casts go over zmq when their target is registered in the matchmaker, else over it. "
+        "Unset: zmq only.",
+    ),
+    _zmq_opt(
+        cfg.BoolOpt,
+        "zmq_fallback_fanout",
+        default=True,
+        help="zmqrpc (oslo.messaging driver): while zmq_fallback_transport_url is set, send fanout casts "
+        "and notifications over the fallback, which every node of a migrating fleet listens on. Set it "
+        "to false on every node once all of them run the zmq receiver, before removing the fallback.",
+    ),
+    _zmq_opt(
+        cfg.BoolOpt,
+        "zmq_receiver_enabled",
+        default=True,
+        mutable=True,
+        help="zmqrpc (oslo.messaging driver): run the zmq receiver of this service's servers and "
+        "listeners. Mutable: set it to false and reload the config (SIGHUP to an oslo.service service) to "
+        "unregister, drain and stop the receivers while the service keeps serving over "
+        "zmq_fallback_transport_url (rolling a node back); true starts them again.",
+    ),
 )
 
 PROXY_OPTS: tuple[cfg.Opt, ...] = (
@@ -743,8 +770,9 @@ def _build_settings(
     elif matchmaker in ("redis", "sentinel"):
         hosts, username, password = _redis_endpoint(parsed, matchmaker, redis)
     secrets = frozenset(name for name, opt in _GROUP_OPTS[REDIS_GROUP].items() if opt.secret)
+    zmq_secrets = frozenset(name for name, opt in _GROUP_OPTS[ZMQ_GROUP].items() if opt.secret)
     return Settings(
-        zmq=OptionValues(ZMQ_GROUP, {**zmq, "advertise_host": _advertise_host(zmq)}),
+        zmq=OptionValues(ZMQ_GROUP, {**zmq, "advertise_host": _advertise_host(zmq)}, zmq_secrets),
         proxy=OptionValues(PROXY_GROUP, proxy),
         matchmaker=matchmaker,
         redis_hosts=hosts,

@@ -8,7 +8,9 @@ instead of an unbounded queue. Replies go back on the connection the request cam
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 import traceback
 from collections import OrderedDict, deque
@@ -42,6 +44,8 @@ class Request:
     context: dict[str, Any]
     message: dict[str, Any]
     msg_id: bytes
+    # Calls only: tells the caller the call is still running (call monitoring). Any thread may call it.
+    heartbeat: Callable[[], None] | None = None
 
 
 Dispatcher = Callable[[Request], Any]
@@ -201,6 +205,7 @@ class RpcServer:
         self._loop = IOLoop(f"zmqrpc-server-{self.topics[0]}")
         self._finished: deque[tuple[_ReplyPath | None, list[bytes] | None, bytes, bool]] = deque()
         self._in_flight = 0
+        self._reading = True
         self._next_sync = 0.0
         self.address = ""
         self.port = 0
@@ -244,9 +249,19 @@ class RpcServer:
         LOG.info("serving %s on %s", ", ".join(sorted(self._serving)), self.address)
         return self
 
+    def unregister(self) -> None:
+        """Remove this server from the matchmaker now but keep serving (a graceful drain: clients stop
+        routing here once their caches refresh, while messages already on the way are still served)."""
+        self._registrar.close()
+
     def stop(self) -> None:
         """Unregister, stop reading, finish running requests, close the sockets."""
         self._registrar.close()
+        if self._executor is not None:
+            # Nothing read from now on, so nothing is handed to the executor after its shutdown.
+            stopped = threading.Event()
+            self._loop.submit(functools.partial(self._stop_reading, stopped))
+            stopped.wait(2.0)
         self._proxies.close()
         if self._owns_matchmaker:
             self.matchmaker.close()
@@ -304,6 +319,13 @@ class RpcServer:
                 sock.close(CLOSE_LINGER_MS)
         self._inbound = self._sub = None
 
+    def _stop_reading(self, done: threading.Event) -> None:
+        self._reading = False
+        for sock in (self._inbound, self._sub):
+            if sock is not None:
+                self._loop.set_flags(sock, 0)
+        done.set()
+
     def _pause_if_full(self) -> None:
         if self._in_flight >= self._pool_size:
             # Pool full: stop reading until a worker finishes (back-pressure through the HWM).
@@ -346,7 +368,7 @@ class RpcServer:
         except protocol.ProtocolError as exc:
             self.drops.drop(exc.reason, exc.detail, peer)
             return
-        if env.type in (MessageType.REPLY, MessageType.ACK, MessageType.UNROUTABLE):
+        if env.type in (MessageType.REPLY, MessageType.ACK, MessageType.UNROUTABLE, MessageType.HEARTBEAT):
             self.drops.drop("unexpected type", env.type.name, peer)
             return
         if env.topic not in self._serving:
@@ -377,7 +399,12 @@ class RpcServer:
 
     def _work(self, reply_to: _ReplyPath | None, env: Envelope, acked: bool) -> None:
         """Worker thread: run the request, frame the reply for a call, hand it to the I/O thread."""
-        request = Request(env.type, env.topic, env.body["context"], env.body["message"], env.msg_id)
+        heartbeat = None
+        if env.type is MessageType.CALL and reply_to is not None:
+            heartbeat = functools.partial(self._heartbeat, reply_to, env.msg_id)
+        request = Request(
+            env.type, env.topic, env.body["context"], env.body["message"], env.msg_id, heartbeat
+        )
         try:
             result = self.dispatcher(request)
             body: dict[str, Any] = {"result": result}
@@ -411,6 +438,16 @@ class RpcServer:
             )
         return frames
 
+    def _heartbeat(self, reply_to: _ReplyPath, msg_id: bytes) -> None:
+        frames = protocol.encode(
+            MessageType.HEARTBEAT, "", {}, self._serializer, msg_id=msg_id, route=reply_to.route
+        )
+        self._loop.submit(functools.partial(self._send_if_open, reply_to, frames))
+
+    def _send_if_open(self, reply_to: _ReplyPath, frames: list[bytes]) -> None:
+        if self._inbound is not None:
+            self._send(reply_to, frames)
+
     def _send(self, reply_to: _ReplyPath, frames: list[bytes]) -> None:
         try:
             reply_to.sock.send_multipart([*reply_to.prefix, *frames], zmq.NOBLOCK, copy=False)
@@ -431,7 +468,7 @@ class RpcServer:
             if acked:
                 self._duplicates.remember_reply(msg_id, reply)
             self._send(reply_to, reply)
-        if self._in_flight < self._pool_size:
+        if self._in_flight < self._pool_size and self._reading:
             for sock in (self._inbound, self._sub):
                 if sock is not None:
                     self._loop.set_flags(sock, zmq.POLLIN)

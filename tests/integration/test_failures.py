@@ -11,6 +11,7 @@ import zmq
 from tests.integration.test_direct import Bus, _wait_for
 from tests.procs import ServerProcess
 from tests.servers import RedisServer
+from zmqrpc import client as client_module
 from zmqrpc import protocol
 from zmqrpc.errors import CallTimeout
 from zmqrpc.protocol import MessageType
@@ -159,5 +160,23 @@ def test_each_notification_pool_gets_one_copy_shared_by_its_listeners(redis_serv
         assert per_pool() == {pool: list(range(12)) for pool in (None, "audit", "billing")}
         audit = received()
         assert audit["127.0.0.3"] and audit["127.0.0.4"], "the audit pool's listeners should share the load"
+    finally:
+        bus.close()
+
+
+def test_dynamic_mode_bounds_its_sockets_and_delivers_everything(redis_server, monkeypatch) -> None:
+    monkeypatch.setattr(client_module, "MAX_DYNAMIC_LINKS", 8)
+    bus = Bus(redis_server.url, "dynamic")
+    try:
+        bus.server("127.0.0.2", topics=["burst"])
+        client = bus.client()
+        peak = 0
+        for n in range(600):
+            client.cast("burst", "record", {"tag": n})
+            peak = max(peak, client._dynamic_links)
+        seen = _wait_for(lambda: len(client.call("burst", "seen", timeout=10)) == 600 and True, timeout=30)
+        assert seen, f"{len(client.call('burst', 'seen', timeout=10))} of 600 casts delivered"
+        assert sorted(client.call("burst", "seen", timeout=10)) == list(range(600))
+        assert peak <= 8 and client.undelivered == 0
     finally:
         bus.close()

@@ -52,6 +52,9 @@ ZMQ_DEFAULTS: dict[str, Any] = {
     "rpc_zmq_max_message_size": 16777216,
     "zmq_connect_timeout": 3.0,
     "rpc_zmq_cache_refresh": 10,
+    "zmq_fallback_transport_url": None,
+    "zmq_fallback_fanout": True,
+    "zmq_receiver_enabled": True,
 }
 PROXY_DEFAULTS = {
     "host": HOSTNAME,
