@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 import time
 import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +104,59 @@ def describe_failure(exc: BaseException) -> dict[str, str]:
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(cls, exc, exc.__traceback__)),
     }
+
+
+class WorkerPool:
+    """Up to ``size`` worker threads fed by a SimpleQueue, started as load needs them.
+
+    Cheaper per task than ThreadPoolExecutor.submit (no Future per message). The server bounds how many
+    tasks are in flight, so the queue never holds more than ``size``.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self.size = size
+        self.name = name
+        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._idle == 0 and len(self._threads) < self.size:
+            with self._lock:
+                if len(self._threads) < self.size:
+                    thread = threading.Thread(
+                        target=self._run, name=f"{self.name}-{len(self._threads)}", daemon=True
+                    )
+                    self._threads.append(thread)
+                    thread.start()
+        self._queue.put((fn, args))
+
+    def shutdown(self) -> None:
+        """Let queued tasks finish, then stop every worker."""
+        with self._lock:
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        for thread in threads:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            task = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if task is None:
+                return
+            fn, args = task
+            try:
+                fn(*args)
+            except Exception:  # _work handles its own errors; this only guards the worker itself
+                LOG.exception("%s: task failed", self.name)
 
 
 @dataclass
@@ -201,7 +254,7 @@ class RpcServer:
         self._sub: zmq.Socket | None = None
         self._backends: set[str] = set()
         self._publishers: set[str] = set()
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: WorkerPool | None = None
         self._loop = IOLoop(f"zmqrpc-server-{self.topics[0]}")
         self._finished: deque[tuple[_ReplyPath | None, list[bytes] | None, bytes, bool]] = deque()
         self._in_flight = 0
@@ -234,7 +287,7 @@ class RpcServer:
                 self._sub.setsockopt(zmq.SUBSCRIBE, protocol.subscription(topic))
             if not self.settings.zmq.subscribe_on:
                 self._proxies.lookup(protocol.PROXY_PUBLISHERS)
-        self._executor = ThreadPoolExecutor(self._pool_size, thread_name_prefix=f"zmqrpc-{self.topics[0]}")
+        self._executor = WorkerPool(self._pool_size, f"zmqrpc-{self.topics[0]}")
         self._loop.submit(self._watch_sockets)
         self._loop.add_ticker(self._sync_connections)
         self._loop.start()
@@ -266,7 +319,7 @@ class RpcServer:
         if self._owns_matchmaker:
             self.matchmaker.close()
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown()
         self._loop.submit(self._close)
         self._loop.stop()
 
