@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(redis-server redis-sentinel redis-tools python3-venv python3-dev gcc make)
+packages=(redis-server redis-sentinel redis-tools rabbitmq-server python3-venv python3-dev gcc make)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -18,7 +18,7 @@ fi
 # The Debian packages start daemons on their default ports where an init system runs; tests start their
 # own on ports they pick, so stop the packaged ones to leave nothing behind.
 if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
-    systemctl disable --now redis-server redis-sentinel >/dev/null 2>&1 || true
+    systemctl disable --now redis-server redis-sentinel rabbitmq-server >/dev/null 2>&1 || true
 fi
 
 python=${PYTHON:-python3}
@@ -29,7 +29,7 @@ stamp=.venv/.zmqrpc-deps
 wanted=$(cat pyproject.toml requirements-ansible.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[test]' -r requirements-ansible.txt
+    .venv/bin/pip install -q -e '.[test,oslo]' -r requirements-ansible.txt
     echo "$wanted" > "$stamp"
 fi
 echo "dev-setup: ok ($(.venv/bin/python --version), zmqrpc $(.venv/bin/python -c 'import zmqrpc; print(zmqrpc.__version__)'))"

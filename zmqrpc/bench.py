@@ -847,6 +847,9 @@ def build_parser() -> argparse.ArgumentParser:
         "hold a socket per outstanding message, and a ZeroMQ context allows 1023 sockets by default)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON lines only (no table)")
+    from zmqrpc import bench_oslo  # only its flags; oslo.messaging is imported when --oslo runs
+
+    bench_oslo.add_arguments(parser)
     return parser
 
 
@@ -919,6 +922,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                             continue
                         records.append(record)
                         print(json.dumps(record), flush=True)
+    if args.oslo:
+        from zmqrpc import bench_oslo
+
+        oslo_records = bench_oslo.run_from_args(args)
+        for record in oslo_records:
+            print(json.dumps(record), flush=True)
+        if not args.json and oslo_records:
+            print()
+            print(bench_oslo.format_table(oslo_records))
     if not args.json and records:
         print()
         print(_format_table(records))
