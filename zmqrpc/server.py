@@ -389,30 +389,28 @@ class RpcServer:
     def _on_inbound(self, flags: int) -> None:
         sock = self._inbound
         assert sock is not None
-        while self._in_flight < self._pool_size:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if self._via_proxy:
-                # [header, route = the caller's id, topic, body]; replies go back through any proxy.
-                route = frames[1] if len(frames) > 1 else b""
-                self._accept(frames, _ReplyPath(sock, [], route), "proxy")
-            else:
-                identity = frames[0]
-                self._accept(frames[1:], _ReplyPath(sock, [identity], b""), identity.hex())
-        self._pause_if_full()
+        if self._via_proxy:
+            # [header, route = the caller's id, topic, body]; replies go back through any proxy.
+            self._read(
+                sock, lambda f: self._accept(f, _ReplyPath(sock, [], f[1] if len(f) > 1 else b""), "proxy")
+            )
+        else:
+            # [identity, header, route, topic, body]; replies go back on the caller's connection.
+            self._read(sock, lambda f: self._accept(f[1:], _ReplyPath(sock, [f[0]], b""), f[0].hex()))
 
     def _on_published(self, flags: int) -> None:
-        sock = self._sub
-        assert sock is not None
+        assert self._sub is not None
+        # [subscription, header, route = the publisher's id for the caller, topic, body]
+        self._read(self._sub, lambda f: self._accept(f[1:], None, "publisher"))
+
+    def _read(self, sock: zmq.Socket, accept: Callable[[list[bytes]], None]) -> None:
+        """Hand each waiting message to ``accept`` while the worker pool has room."""
         while self._in_flight < self._pool_size:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            # [subscription, header, route = the publisher's id for the caller, topic, body]
-            self._accept(frames[1:], None, "publisher")
+            accept(frames)
         self._pause_if_full()
 
     def _accept(self, payload: list[bytes], reply_to: _ReplyPath | None, peer: str) -> None:
