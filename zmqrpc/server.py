@@ -25,7 +25,7 @@ from zmqrpc import protocol
 from zmqrpc.ioloop import IOLoop
 from zmqrpc.matchmaker import MatchMaker, Registrar, RoutingCache, create_matchmaker
 from zmqrpc.protocol import Envelope, MessageType
-from zmqrpc.sockets import CLOSE_LINGER_MS, SocketFactory, new_routing_id, sync_connections
+from zmqrpc.sockets import CLOSE_LINGER_MS, SocketFactory, new_routing_id, sync_connections, tcp_endpoint
 
 LOG = logging.getLogger(__name__)
 
@@ -210,7 +210,8 @@ class RpcServer:
     """Serves one or more bare topics (and their directed ``topic.<server>`` forms).
 
     Direct modes bind a ROUTER in the port range and register ``host:port``. With ``use_router_proxy`` the
-    server instead connects a DEALER to every proxy backend and registers its routing id. With
+    server instead connects one DEALER to each proxy backend and registers its routing id; a reply goes back
+    through the proxy its request came from, the one the caller is known to be connected to. With
     ``use_pub_sub`` it also subscribes to the publishers (``subscribe_on``, or the proxies the matchmaker
     knows) for fanout to its bare topics.
     """
@@ -250,9 +251,10 @@ class RpcServer:
         self._proxies = RoutingCache(self.matchmaker, opts.rpc_zmq_cache_refresh)
         self._duplicates = DuplicateFilter(opts.rpc_message_ttl)
         self._sockets = SocketFactory(opts, context)
-        self._inbound: zmq.Socket | None = None  # ROUTER (direct) or DEALER (through proxies)
+        self._inbound: zmq.Socket | None = None  # direct modes: the ROUTER bound in the port range
+        self._backends: dict[str, zmq.Socket] = {}  # through proxies: one DEALER per proxy backend
         self._sub: zmq.Socket | None = None
-        self._backends: set[str] = set()
+        self._open = False  # sockets exist (between start and close, on the I/O thread)
         self._publishers: set[str] = set()
         self._executor: WorkerPool | None = None
         self._loop = IOLoop(f"zmqrpc-server-{self.topics[0]}")
@@ -269,8 +271,7 @@ class RpcServer:
     def start(self) -> RpcServer:
         """Bind or connect, register in the matchmaker and start serving; returns self."""
         if self._via_proxy:
-            self.address = new_routing_id(self.server)
-            inbound = self._sockets.dealer(identity=self.address)
+            self.address = new_routing_id(self.server)  # the DEALERs are made as the backends become known
             self._proxies.lookup(protocol.PROXY_BACKENDS)  # first lookup: known (and refreshed) from now on
         else:
             inbound = self._sockets.router()
@@ -280,7 +281,8 @@ class RpcServer:
                 inbound.close(0)
                 raise
             self.address = f"{self.settings.zmq.advertise_host}:{self.port}"
-        self._inbound = inbound
+            self._inbound = inbound
+        self._open = True
         if self._pub_sub:
             self._sub = self._sockets.subscriber()
             for topic in self.topics:
@@ -331,8 +333,8 @@ class RpcServer:
 
     # ------------------------------------------------------------------ I/O thread
     def _watch_sockets(self) -> None:
-        assert self._inbound is not None
-        self._loop.watch(self._inbound, zmq.POLLIN, self._on_inbound)
+        if self._inbound is not None:
+            self._loop.watch(self._inbound, zmq.POLLIN, self._on_inbound)
         if self._sub is not None:
             self._loop.watch(self._sub, zmq.POLLIN, self._on_published)
         self._sync_connections(0.0)
@@ -342,7 +344,7 @@ class RpcServer:
         if now < self._next_sync:
             return
         self._next_sync = now + SYNC_INTERVAL
-        if self._via_proxy and self._inbound is not None:
+        if self._via_proxy and self._open:
             backends = self._proxies.lookup_cached(protocol.PROXY_BACKENDS)
             if not backends and not self._backends:
                 _warn_once(
@@ -350,7 +352,7 @@ class RpcServer:
                     "use_router_proxy = true but no proxy backend is registered yet (%s)",
                     protocol.PROXY_BACKENDS,
                 )
-            sync_connections(self._inbound, self._backends, backends)
+            self._sync_backends(set(backends))
         if self._sub is not None:
             publishers = self.settings.zmq.subscribe_on or self._proxies.lookup_cached(
                 protocol.PROXY_PUBLISHERS
@@ -364,39 +366,65 @@ class RpcServer:
                 )
             sync_connections(self._sub, self._publishers, publishers)
 
+    def _sync_backends(self, wanted: set[str]) -> None:
+        """One DEALER per proxy backend: a reply must leave through the proxy its request came from.
+
+        With one DEALER connected to every proxy, replies went out round robin, and a proxy the caller
+        had not finished connecting to dropped the reply (the caller's identity unknown there).
+        """
+        for address in sorted(wanted - self._backends.keys()):
+            sock = self._sockets.dealer(identity=self.address)
+            sock.connect(tcp_endpoint(address))
+            self._backends[address] = sock
+            self._loop.watch(sock, zmq.POLLIN, functools.partial(self._on_backend, sock))
+            if not self._may_read():
+                self._loop.set_flags(sock, 0)
+        for address in sorted(self._backends.keys() - wanted):
+            sock = self._backends.pop(address)
+            self._loop.unwatch(sock)
+            sock.close(CLOSE_LINGER_MS)
+
+    def _readers(self) -> list[zmq.Socket]:
+        """Every socket requests arrive on."""
+        sockets = [*self._backends.values()]
+        sockets += [sock for sock in (self._inbound, self._sub) if sock is not None]
+        return sockets
+
+    def _may_read(self) -> bool:
+        return self._reading and self._in_flight < self._pool_size
+
     def _close(self) -> None:
         self._drain_finished()
-        for sock in (self._inbound, self._sub):
-            if sock is not None:
-                self._loop.unwatch(sock)
-                sock.close(CLOSE_LINGER_MS)
+        self._open = False
+        for sock in self._readers():
+            self._loop.unwatch(sock)
+            sock.close(CLOSE_LINGER_MS)
         self._inbound = self._sub = None
+        self._backends.clear()
 
     def _stop_reading(self, done: threading.Event) -> None:
         self._reading = False
-        for sock in (self._inbound, self._sub):
-            if sock is not None:
-                self._loop.set_flags(sock, 0)
+        for sock in self._readers():
+            self._loop.set_flags(sock, 0)
         done.set()
 
     def _pause_if_full(self) -> None:
         if self._in_flight >= self._pool_size:
             # Pool full: stop reading until a worker finishes (back-pressure through the HWM).
-            for sock in (self._inbound, self._sub):
-                if sock is not None:
-                    self._loop.set_flags(sock, 0)
+            for sock in self._readers():
+                self._loop.set_flags(sock, 0)
 
     def _on_inbound(self, flags: int) -> None:
         sock = self._inbound
         assert sock is not None
-        if self._via_proxy:
-            # [header, route = the caller's id, topic, body]; replies go back through any proxy.
-            self._read(
-                sock, lambda f: self._accept(f, _ReplyPath(sock, [], f[1] if len(f) > 1 else b""), "proxy")
-            )
-        else:
-            # [identity, header, route, topic, body]; replies go back on the caller's connection.
-            self._read(sock, lambda f: self._accept(f[1:], _ReplyPath(sock, [f[0]], b""), f[0].hex()))
+        # [identity, header, route, topic, body]; replies go back on the caller's connection.
+        self._read(sock, lambda f: self._accept(f[1:], _ReplyPath(sock, [f[0]], b""), f[0].hex()))
+
+    def _on_backend(self, sock: zmq.Socket, flags: int) -> None:
+        # [header, route = the caller's id, topic, body]; the reply leaves through this same proxy.
+        self._read(
+            sock, lambda f: self._accept(f, _ReplyPath(sock, [], f[1] if len(f) > 1 else b""), "proxy")
+        )
 
     def _on_published(self, flags: int) -> None:
         assert self._sub is not None
@@ -496,7 +524,7 @@ class RpcServer:
         self._loop.submit(functools.partial(self._send_if_open, reply_to, frames))
 
     def _send_if_open(self, reply_to: _ReplyPath, frames: list[bytes]) -> None:
-        if self._inbound is not None:
+        if self._open:
             self._send(reply_to, frames)
 
     def _send(self, reply_to: _ReplyPath, frames: list[bytes]) -> None:
@@ -514,15 +542,14 @@ class RpcServer:
             reply_to, reply, msg_id, acked = finished.popleft()
             self._in_flight -= 1
             self.processed += 1
-            if reply is None or reply_to is None or self._inbound is None:
+            if reply is None or reply_to is None or not self._open:
                 continue
             if acked:
                 self._duplicates.remember_reply(msg_id, reply)
             self._send(reply_to, reply)
-        if self._in_flight < self._pool_size and self._reading:
-            for sock in (self._inbound, self._sub):
-                if sock is not None:
-                    self._loop.set_flags(sock, zmq.POLLIN)
+        if self._may_read():
+            for sock in self._readers():
+                self._loop.set_flags(sock, zmq.POLLIN)
 
 
 _warned: set[str] = set()

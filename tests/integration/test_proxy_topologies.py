@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import zmq
 
 from tests.integration.test_direct import NAMES, Bus, _wait_for
 from tests.procs import ProxyProcess, ServerProcess
@@ -250,6 +251,39 @@ def test_a_call_to_a_vanished_server_fails_fast_through_the_proxy(router_proxies
             client.call("solo", "whoami", timeout=10, server=NAMES[0])
         assert time.monotonic() - started < 2, "the proxy's UNROUTABLE notice should end the call early"
     finally:
+        bus.close()
+
+
+def test_replies_leave_through_the_proxy_the_call_came_from(router_proxies) -> None:
+    """A caller connected to one proxy only (as a fresh client is, until its other connections are up)
+    gets every reply: a server connected to 3 proxies answers through the one each request came from."""
+    redis, _ = router_proxies
+    bus = ProxyBus(redis.url, TOPOLOGIES["router-proxy"])
+    matchmaker = RedisMatchMaker([(redis.host, redis.port)])
+    caller = zmq.Context.instance().socket(zmq.DEALER)
+    try:
+        server = bus.server(NAMES[0], topics=("solo",))
+        assert bus.client().call("solo", "whoami", timeout=5, server=NAMES[0]) == NAMES[0]
+        caller.setsockopt(zmq.ROUTING_ID, b"one-proxy-caller")
+        caller.setsockopt(zmq.LINGER, 0)
+        caller.connect(f"tcp://{sorted(matchmaker.get_hosts(protocol.PROXY_FRONTENDS))[0]}")
+        json_ = protocol.get_serializer("json")
+        sent = set()
+        for _ in range(30):
+            body = {"message": {"method": "whoami", "args": {}}, "context": {}}
+            frames = protocol.encode(protocol.MessageType.CALL, f"solo.{NAMES[0]}", body, json_)
+            frames[1] = server.address.encode()  # the route: the server's routing id
+            caller.send_multipart(frames)
+            sent.add(protocol.decode(frames, 1 << 20).msg_id)
+        replied = set()
+        while caller.poll(3000):
+            reply = protocol.decode(caller.recv_multipart(), 1 << 20)
+            assert reply.type is protocol.MessageType.REPLY, reply
+            replied.add(reply.msg_id)
+        assert replied == sent, f"{len(sent - replied)} of {len(sent)} replies lost"
+    finally:
+        caller.close(0)
+        matchmaker.close()
         bus.close()
 
 
