@@ -4,6 +4,8 @@
 #   make lab-prereqs           podman & co, plus the podman settings this machine needs
 #   make lab-image             the lab base image (ZMQRPC_LAB_IMAGE, default localhost/zmqrpc-lab:bookworm)
 #   make molecule-sentinel-ha  one molecule scenario (any molecule/<name>/ works as molecule-<name>)
+#   make deploy                the README's deploy command (TOPOLOGY=<name>, default static-direct)
+#   make destroy               tear the lab down
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -14,7 +16,7 @@ VENV_STAMP := $(VENV)/.requirements-ansible.stamp
 # molecule and ansible-lint call ansible-* tools by name
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv-ansible lint-ansible test-modules redis-binaries lab-prereqs lab-image molecule-%
+.PHONY: venv-ansible lint-ansible test-modules redis-binaries lab-prereqs lab-image molecule-% deploy destroy
 
 venv-ansible: $(VENV_STAMP)
 
@@ -47,3 +49,9 @@ molecule-%: $(VENV_STAMP) lab-image
 	start=$$(date +%s); \
 	$(VENV)/bin/molecule test -s $*; \
 	echo "molecule scenario $* passed in $$(( $$(date +%s) - start )) s"
+
+deploy:
+	bash scripts/deploy.sh
+
+destroy:
+	bash scripts/deploy.sh destroy

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import os
 import shutil
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
 
 try:
     from ansible.module_utils import basic, testing
-    from module_harness import AnsibleExitJson, RedisProcess, exit_json, fail_json
+    from module_harness import (
+        AnsibleExitJson,
+        RedisProcess,
+        ZmqrpcAgent,
+        exit_json,
+        fail_json,
+        write_zmqrpc_config,
+    )
 except ImportError:  # no ansible or redis-py here: `make test-modules` installs both
     collect_ignore_glob = ["test_*.py"]
 
@@ -59,3 +67,27 @@ def redis_factory(tmp_path):
     yield start
     for process in reversed(started):
         process.stop()
+
+
+@pytest.fixture
+def zmqrpc_bus(tmp_path, redis_factory):
+    """A real bus: one redis-server as matchmaker, and real ``zmqrpc agent`` processes on it.
+
+    ``bus.url`` is the transport URL, ``bus.config(host)`` writes a config file for that host name,
+    ``bus.agent(host)`` starts an agent and waits until it answers; agents are stopped after the test.
+    """
+    server = redis_factory("server")
+    url = f"zmq+redis://127.0.0.1:{server.port}"
+    agents: list[ZmqrpcAgent] = []
+
+    def config(host: str, **options):
+        return write_zmqrpc_config(tmp_path / f"{host}.conf", url, host, **options)
+
+    def agent(host: str) -> ZmqrpcAgent:
+        started = ZmqrpcAgent(config(host), host)
+        agents.append(started)
+        return started
+
+    yield SimpleNamespace(url=url, redis=server, config=config, agent=agent)
+    for started in agents:
+        started.stop()

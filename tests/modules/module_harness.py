@@ -7,6 +7,7 @@ Modules run as in ansible-core's own unit tests: arguments through ``patch_modul
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -83,10 +84,74 @@ class RedisProcess:
             return False
 
     def stop(self):
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- zmqrpc: the real CLI and real agents --------------------------------------------------------
+
+
+def zmqrpc_executable() -> str:
+    """The ``zmqrpc`` command of the environment running the tests (the project venv)."""
+    beside = Path(sys.executable).parent / "zmqrpc"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("zmqrpc")
+    if found is None:
+        raise AssertionError("no zmqrpc command: install the package (pip install -e .) into the test venv")
+    return found
+
+
+def write_zmqrpc_config(path: Path, transport_url: str, host: str, **options) -> Path:
+    """A zmqrpc config file like role zmqrpc writes: [DEFAULT] transport_url, [oslo_messaging_zmq]."""
+    lines = ["[DEFAULT]", f"transport_url = {transport_url}", "", "[oslo_messaging_zmq]"]
+    lines += [f"rpc_zmq_host = {host}", "rpc_zmq_bind_address = 127.0.0.1"]
+    lines += [f"{key} = {value}" for key, value in options.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class ZmqrpcAgent:
+    """A real ``zmqrpc agent`` process for one host name; ready once it answers a directed ping."""
+
+    def __init__(self, config_file: Path, host: str):
+        self.config_file = config_file
+        self.host = host
+        self.log = config_file.with_suffix(".log")
+        self.proc = subprocess.Popen(
+            [zmqrpc_executable(), "agent", "--config-file", str(config_file)],
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._answers, 20, f"zmqrpc agent {host} to answer (log: {self.log})", interval=0.2)
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"zmqrpc agent {self.host} exited: {self.log.read_text()}")
+        ping = subprocess.run(
+            [zmqrpc_executable(), "ping", "--config-file", str(self.config_file), "--server", self.host,
+             "--timeout", "1"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )  # fmt: skip
+        return ping.returncode == 0
+
+    def kill(self):
+        """SIGKILL, as a crashed host: its registrations stay in the matchmaker until they expire."""
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self):
+        stop_process(self.proc)
