@@ -35,6 +35,10 @@ class IOLoop:
         self._tick_ms = int(tick_interval * 1000)
         self._next_tick = 0.0
         self._wake_pending = False
+        # Guards the eventfd's writes against its close: the loop may see _stopping and close the fd
+        # between stop() setting the flag and stop()'s write, and a closed fd number can be reused.
+        self._wake_lock = threading.Lock()
+        self._wake_closed = False
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -45,7 +49,7 @@ class IOLoop:
         # after that point always writes again (a duplicate write from two racing threads is harmless).
         if not self._wake_pending:
             self._wake_pending = True
-            os.eventfd_write(self._wake_fd, 1)
+            self._wake()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -54,9 +58,14 @@ class IOLoop:
     def stop(self, timeout: float = 5.0) -> None:
         if not self._stopping:
             self._stopping = True
-            os.eventfd_write(self._wake_fd, 1)
+            self._wake()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            if not self._wake_closed:
+                os.eventfd_write(self._wake_fd, 1)
 
     @property
     def in_loop(self) -> bool:
@@ -109,7 +118,9 @@ class IOLoop:
                         self._guard(ticker, now)
         self._run_tasks()
         self._wake_pending = True  # closed: no more writes to the eventfd
-        os.close(self._wake_fd)
+        with self._wake_lock:
+            self._wake_closed = True
+            os.close(self._wake_fd)
 
     def _run_tasks(self) -> None:
         self._wake_pending = False
