@@ -37,7 +37,6 @@ import json
 import logging
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -257,15 +256,19 @@ def _watch_stop(conn: Any) -> threading.Event:
     return stop
 
 
-def _raw_server(conn: Any, count: Any, port: int, echo: bool) -> None:
-    """Raw pyzmq ROUTER: echo every request (call baseline) or count it (cast and fanout baseline)."""
+def _raw_server(conn: Any, count: Any, echo: bool) -> None:
+    """Raw pyzmq ROUTER: echo every request (call baseline) or count it (cast and fanout baseline).
+
+    It binds a port the kernel picks and reports it: a port picked by the parent could be taken by
+    someone else (a proxy's port 0, an outgoing connection) before the child binds it.
+    """
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 100)
-    sock.bind(f"tcp://{HOST}:{port}")
+    port = sock.bind_to_random_port(f"tcp://{HOST}")
     stop = _watch_stop(conn)
-    conn.send(("ready",))
+    conn.send(("ready", port))
     received = 0
     try:
         while not stop.is_set():
@@ -313,7 +316,7 @@ def _zmqrpc_server(conn: Any, count: Any, url: str, overrides: dict[str, Any], t
     )
     server.start()
     stop = _watch_stop(conn)
-    conn.send(("ready", server.address))
+    conn.send(("ready", server.port))  # 0 behind a router proxy: it binds nothing
     try:
         stop.wait()
     finally:
@@ -335,6 +338,7 @@ class ServerProcess:
 
     def __init__(self, mp: Any, name: str, target: Callable[..., None], *args: Any) -> None:
         self.name = name
+        self.port = 0  # the port it bound, once ready
         self.count = mp.RawValue("q", 0)
         self.conn, child_conn = mp.Pipe()
         self.proc = mp.Process(
@@ -351,6 +355,7 @@ class ServerProcess:
                 except EOFError:
                     message = ("error", "")
                 if message[0] == "ready":
+                    self.port = message[1]
                     return
                 raise BenchError(f"{self.name} failed to start:\n{message[1]}".rstrip())
             if not self.proc.is_alive():
@@ -392,20 +397,6 @@ def _wait_ready(processes: list[ServerProcess]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     for proc in processes:
         proc.wait_ready(deadline)
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on the loopback (held together while picking, so all differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # --- drivers
@@ -715,38 +706,35 @@ class BenchRun:
         if self.matchmaker == "redis":
             assert self.redis_url
             return "zmq+redis://" + self.redis_url.split("://", 1)[-1], options
+        ringfile = self.write_ring(topic, addresses)
+        options.update(rpc_zmq_matchmaker="ring", rpc_zmq_matchmaker_ringfile=ringfile)
+        return "zmq://", options
+
+    def write_ring(self, topic: str, addresses: list[str]) -> str:
+        """(Re)write this measurement's ring file; clients made afterwards read it."""
         ringfile = os.path.join(self.workdir, f"ring-{self._serial}.json")
         with open(ringfile, "w", encoding="utf-8") as fh:
             json.dump({topic: addresses}, fh)
-        options.update(rpc_zmq_matchmaker="ring", rpc_zmq_matchmaker_ringfile=ringfile)
-        return "zmq://", options
+        return ringfile
 
     def measure(self, case: Case) -> dict[str, Any]:
         """Run one measurement, baseline first; return its JSON record."""
         self._serial += 1
         topic = f"bench{os.getpid()}n{self._serial}"
         n = case.receivers
-        ports = free_ports(2 * n)
-        raw_ports, rpc_ports = ports[:n], ports[n:]
         payload = "x" * self.payload_size
         with case.topology.prepare(self) as topo_options, _server_group() as procs:
-            url, options = self.transport(topic, [f"{HOST}:{p}" for p in rpc_ports])
+            url, options = self.transport(topic, [])  # the ring gets the servers' ports once they bound
             options.update(topo_options)
-            for i, port in enumerate(raw_ports):
-                procs.append(
-                    ServerProcess(self.mp, f"raw-server{i}", _raw_server, port, case.pattern == "call")
-                )
-            for i, port in enumerate(rpc_ports):
-                server_options = {
-                    **options,
-                    "rpc_zmq_bind_address": HOST,
-                    "rpc_zmq_min_port": port,  # the ring file names exactly this port
-                    "rpc_zmq_max_port": port + 1,
-                    "rpc_zmq_bind_port_retries": 1,
-                }
+            for i in range(n):
+                procs.append(ServerProcess(self.mp, f"raw-server{i}", _raw_server, case.pattern == "call"))
+            server_options = {**options, "rpc_zmq_bind_address": HOST}
+            for i in range(n):
                 args = (url, server_options, topic, f"server{i}")
                 procs.append(ServerProcess(self.mp, f"zmqrpc-server{i}", _zmqrpc_server, *args))
             _wait_ready(procs)
+            self.write_ring(topic, [f"{HOST}:{p.port}" for p in procs[n:] if p.port])
+            raw_ports = [p.port for p in procs[:n]]
             raw = self._measure_raw(case, raw_ports, [p.count for p in procs[:n]], payload.encode())
             rpc = self._measure_rpc(case, url, options, topic, [p.count for p in procs[n:]], payload)
         if raw.messages <= 0:
