@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import shutil
 import signal
 import socket
@@ -40,11 +41,31 @@ def _kill_leftovers() -> None:
             proc.wait(timeout=5)
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (ports it hands out for port 0 and connections)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 now, for a process started later to bind.
+
+    It is picked below the ephemeral range: between the pick and the bind, the kernel may hand a port
+    of that range to someone binding port 0 or connecting out, but never one below it.
+    """
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(20000, low) if low > 21000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError(f"no free port on {HOST} below the ephemeral range ({low})")
 
 
 def _binary(name: str) -> str:

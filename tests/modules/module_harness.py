@@ -8,13 +8,14 @@ Modules run as in ansible-core's own unit tests: arguments through ``patch_modul
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import redis
+
+from tests.servers import free_port
 
 LIBRARY = Path(__file__).resolve().parents[2] / "library"
 if str(LIBRARY) not in sys.path:
@@ -38,12 +39,6 @@ def fail_json(self, msg, **kwargs):
     kwargs["failed"] = True
     kwargs["msg"] = msg
     raise AnsibleFailJson(kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
