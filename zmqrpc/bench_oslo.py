@@ -181,15 +181,34 @@ def run_oslo(
             end = start + duration
             sent = [0]
 
-            def call_worker() -> None:
+            def call() -> None:
+                client.call({}, "echo", payload=payload)
+
+            def cast() -> None:
+                client.cast({}, "sink", payload=payload)
+
+            def throttle() -> None:
+                # At most cast_window casts on their way: measure sending, not an ever-growing queue.
+                with lock:
+                    sent[0] += 1
+                    outstanding = sent[0] - count.value
+                stalled_since = time.perf_counter()
+                while outstanding > cast_window and time.perf_counter() < end:
+                    time.sleep(0.0005)
+                    outstanding = sent[0] - count.value
+                    if time.perf_counter() - stalled_since > STALL_TIMEOUT:
+                        raise BenchError("casts are not being delivered")
+
+            def worker() -> None:
                 nonlocal errors
+                send = call if pattern == "call" else cast
                 mine: list[float] = []
-                while True:
+                while time.perf_counter() < end:
+                    if send is cast:
+                        throttle()
                     t0 = time.perf_counter()
-                    if t0 >= end:
-                        break
                     try:
-                        client.call({}, "echo", payload=payload)
+                        send()
                     except Exception:
                         with lock:
                             errors += 1
@@ -200,36 +219,6 @@ def run_oslo(
                 with lock:
                     latencies.extend(mine)
 
-            def cast_worker() -> None:
-                nonlocal errors
-                mine: list[float] = []
-                while True:
-                    t0 = time.perf_counter()
-                    if t0 >= end:
-                        break
-                    with lock:
-                        sent[0] += 1
-                        outstanding = sent[0] - count.value
-                    stalled_since = time.perf_counter()
-                    while outstanding > cast_window and time.perf_counter() < end:
-                        time.sleep(0.0005)
-                        outstanding = sent[0] - count.value
-                        if time.perf_counter() - stalled_since > STALL_TIMEOUT:
-                            raise BenchError("casts are not being delivered")
-                    t0 = time.perf_counter()
-                    try:
-                        client.cast({}, "sink", payload=payload)
-                    except Exception:
-                        with lock:
-                            errors += 1
-                        continue
-                    t1 = time.perf_counter()
-                    if t0 >= start and t1 <= end:
-                        mine.append(t1 - t0)
-                with lock:
-                    latencies.extend(mine)
-
-            worker = call_worker if pattern == "call" else cast_worker
             threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
             for thread in threads:
                 thread.start()

@@ -39,12 +39,9 @@ REQUIRED = {
 }
 
 
-@pytest.fixture(scope="module")
-def records() -> list[dict]:
-    cmd = [
-        sys.executable, "-m", "zmqrpc.bench", "--json", "--duration", "0.3",
-        "--concurrency", "1,4", "--pattern", ",".join(PATTERNS), "--topology", ",".join(TOPOLOGIES),
-    ]  # fmt: skip
+def _bench(*args: str) -> list[dict]:
+    """Run ``zmqrpc.bench --json --duration 0.3 <args>``; its JSON records."""
+    cmd = [sys.executable, "-m", "zmqrpc.bench", "--json", "--duration", "0.3", *args]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -54,6 +51,23 @@ def records() -> list[dict]:
     lines = proc.stdout.splitlines()
     assert lines, proc.stderr[-4000:]
     return [json.loads(line) for line in lines]  # --json: nothing but JSON lines on stdout
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict]:
+    return _bench(
+        "--concurrency", "1,4", "--pattern", ",".join(PATTERNS), "--topology", ",".join(TOPOLOGIES),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def oslo_records() -> list[dict]:
+    """oslo.messaging over zmqrpc (a private redis-server), call and cast; RabbitMQ is left out."""
+    measured = _bench(
+        "--concurrency", "2", "--pattern", "call,cast", "--topology", "static-direct",
+        "--oslo", "--oslo-systems", "zmqrpc",
+    )  # fmt: skip
+    return [r for r in measured if "system" in r]
 
 
 def test_one_line_per_measurement(records: list[dict]) -> None:
@@ -98,3 +112,16 @@ def test_rate_matches_count(records: list[dict]) -> None:
 def test_fanout_reaches_every_server(records: list[dict]) -> None:
     for record in records:
         assert record["receivers"] == (3 if record["pattern"] == "fanout" else 1), record
+
+
+def test_oslo_figures_through_the_driver(oslo_records: list[dict]) -> None:
+    assert sorted(r["pattern"] for r in oslo_records) == ["call", "cast"]
+    for record in oslo_records:
+        assert record["system"] == "oslo.messaging+zmqrpc", record
+        assert record["transport"].startswith("zmq+redis://127.0.0.1:"), record
+        assert record["concurrency"] == 2, record
+        assert record["errors"] == 0, record
+        assert record["messages"] > 0, record
+        assert record["msgs_per_s"] == pytest.approx(record["messages"] / record["duration_s"], rel=0.01)
+        assert 0 < record["p50_us"] <= record["p99_us"], record
+        assert record["latency_kind"] == ("round_trip" if record["pattern"] == "call" else "client_send")
