@@ -14,7 +14,7 @@ description:
   - Connects to one Sentinel and compares what it monitors under O(name) with the wanted settings.
   - Only the differences are applied, with C(SENTINEL MONITOR), C(SENTINEL SET) and C(SENTINEL REMOVE).
     Sentinel persists them in its own configuration file, so that file never needs templating again.
-  - A master whose address differs because Sentinel failed it over is left alone (no change):
+  - A master whose address differs because Sentinel failed it over is left alone (no change);
     the address is only used to start monitoring, unless O(force_address=true).
   - Reports C(changed) only when a command was (or, in check mode, would be) sent.
 version_added: "0.1.0"

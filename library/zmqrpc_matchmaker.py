@@ -22,6 +22,8 @@ description:
 version_added: "0.1.0"
 author:
   - zmqrpc contributors
+extends_documentation_fragment:
+  - zmqrpc_node
 requirements:
   - zmqrpc installed on the node (role zmqrpc).
 options:
@@ -46,14 +48,6 @@ options:
       - The default is zmqrpc's C(zmq_target_expire).
     type: int
     default: 300
-  config_file:
-    description: The node's zmqrpc config file.
-    type: path
-    default: /etc/zmqrpc/zmqrpc.conf
-  executable:
-    description: The zmqrpc command of the node.
-    type: path
-    default: /opt/zmqrpc/venv/bin/zmqrpc
 notes:
   - Supports check mode. V(purge) in check mode cannot count the expired entries (the matchmaker only
     lists live ones), so it removes nothing and reports no change.

@@ -28,6 +28,8 @@ description:
 version_added: "0.1.0"
 author:
   - zmqrpc contributors
+extends_documentation_fragment:
+  - zmqrpc_node
 requirements:
   - zmqrpc installed on the node (role zmqrpc), with the agents running (role zmqrpc_agent).
 options:
@@ -59,14 +61,6 @@ options:
     description: Seconds to wait for the reply, and for the copies to arrive.
     type: float
     default: 5.0
-  config_file:
-    description: The node's zmqrpc config file.
-    type: path
-    default: /etc/zmqrpc/zmqrpc.conf
-  executable:
-    description: The zmqrpc command of the node.
-    type: path
-    default: /opt/zmqrpc/venv/bin/zmqrpc
   source:
     description:
       - Name of this node in results and messages. Defaults to C(rpc_zmq_host) of O(config_file), else the
