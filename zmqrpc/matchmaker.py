@@ -623,13 +623,24 @@ class RoutingCache:
     """Client-side route cache. The first lookup of a topic asks the matchmaker; afterwards one daemon
     thread refreshes every known topic each ``refresh_interval`` seconds, so a lookup is never a
     matchmaker round trip. While the matchmaker is down, the last known routes keep being served
-    (the old driver made a Redis outage fatal, bug 1610958)."""
+    (the old driver made a Redis outage fatal, bug 1610958).
+
+    An address the client found dead (:meth:`forget_address`) is held down for ``hold_down`` seconds: a
+    dead server stays registered until its entry expires (``zmq_target_expire``), and without the hold
+    every refresh would bring it back and stall the next message sent to it for ``zmq_connect_timeout``.
+    A held address is still used when a topic has no other one."""
 
     def __init__(
-        self, matchmaker: MatchMaker, refresh_interval: float = 10.0, idle_timeout: float = 600.0
+        self,
+        matchmaker: MatchMaker,
+        refresh_interval: float = 10.0,
+        idle_timeout: float = 600.0,
+        hold_down: float = 60.0,
     ) -> None:
         self._mm = matchmaker
         self._interval = refresh_interval
+        self._hold_down = hold_down
+        self._held: dict[str, float] = {}  # address -> monotonic time its hold ends
         # Topics nobody looked up for this long stop being refreshed (bounded matchmaker load for
         # clients that address many directed topics once).
         self._idle_timeout = max(idle_timeout, refresh_interval)
@@ -663,7 +674,7 @@ class RoutingCache:
             return list(known)
         self._note_ok()
         with self._lock:
-            self._routes[topic] = hosts
+            hosts = self._routes[topic] = self._without_held(hosts)
             self._stale.discard(topic)
         self._ensure_thread()
         return list(hosts)
@@ -683,8 +694,9 @@ class RoutingCache:
                 self._stale.add(topic)
 
     def forget_address(self, address: str) -> None:
-        """Drop a dead ``address`` from every cached topic until a refresh brings it back."""
+        """Drop a dead ``address`` from every cached topic, and hold it down (see the class)."""
         with self._lock:
+            self._held[address] = time.monotonic() + self._hold_down
             for topic, hosts in self._routes.items():
                 if address in hosts:
                     self._routes[topic] = [h for h in hosts if h != address]
@@ -709,9 +721,19 @@ class RoutingCache:
                 return
             with self._lock:
                 if topic in self._routes:
-                    self._routes[topic] = hosts
+                    self._routes[topic] = self._without_held(hosts)
                     self._stale.discard(topic)
         self._note_ok()
+
+    def _without_held(self, hosts: list[str]) -> list[str]:
+        """``hosts`` less the held-down addresses, unless none would be left (call with the lock held)."""
+        if not self._held:
+            return hosts
+        now = time.monotonic()
+        for address in [a for a, until in self._held.items() if until <= now]:
+            del self._held[address]
+        live = [h for h in hosts if h not in self._held]
+        return live or hosts
 
     def _note_outage(self, exc: Exception) -> None:
         with self._lock:

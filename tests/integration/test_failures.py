@@ -83,6 +83,30 @@ def test_dynamic_calls_after_a_worker_dies_reach_the_live_worker(redis_server) -
         bus.close()
 
 
+def test_a_dead_worker_stays_out_of_the_routes_while_still_registered(redis_server) -> None:
+    # Static connections: the client gives up on the dead worker after zmq_connect_timeout and holds its
+    # address down. (Dynamic sends never wait that long: after 50 ms they also connect to the other
+    # workers, and the first to accept takes the message; test_dynamic_calls_after_a_worker_dies...)
+    bus = Bus(redis_server.url, "static")
+    try:
+        # A long expiry: the dead worker stays in Redis for the whole test, as it does in production.
+        victim = bus.server("127.0.0.2", topics=["held"], zmq_target_expire=60)
+        bus.server("127.0.0.3", topics=["held"], zmq_target_expire=60)
+        client = bus.client()
+        assert {client.call("held", "whoami", timeout=5) for _ in range(10)} == {"127.0.0.2", "127.0.0.3"}
+        victim.kill()
+        assert [client.call("held", "whoami", timeout=5) for _ in range(10)] == ["127.0.0.3"] * 10
+        assert victim.address not in client.routes.lookup_cached("held")
+        time.sleep(2.5)  # more than two cache refreshes (rpc_zmq_cache_refresh = 1)
+        assert victim.address in client.matchmaker.get_hosts("held")
+        # Without a hold-down every refresh brought it back, and the next call routed to it waited
+        # zmq_connect_timeout before going elsewhere.
+        assert victim.address not in client.routes.lookup_cached("held")
+        assert [client.call("held", "whoami", timeout=5) for _ in range(10)] == ["127.0.0.3"] * 10
+    finally:
+        bus.close()
+
+
 def test_garbage_is_dropped_counted_and_the_server_keeps_serving(redis_server) -> None:
     bus = Bus(redis_server.url, "static")
     try:

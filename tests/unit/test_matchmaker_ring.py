@@ -188,25 +188,32 @@ def test_routing_cache_caches(counting: CountingMatchMaker) -> None:
         cache.close()
 
 
-def test_routing_cache_forget_address_until_refresh(counting: CountingMatchMaker) -> None:
+def test_routing_cache_holds_a_forgotten_address_down(counting: CountingMatchMaker) -> None:
     counting.register("compute", "h1:1", 60)
     counting.register("compute", "h2:2", 60)
     counting.register("compute.h2", "h2:2", 60)
-    cache = RoutingCache(counting, refresh_interval=60)
+    cache = RoutingCache(counting, refresh_interval=60, hold_down=0.5)
     try:
         assert cache.lookup("compute") == ["h1:1", "h2:2"]
         assert cache.lookup("compute.h2") == ["h2:2"]
         cache.forget_address("h2:2")
+        held_until = time.monotonic() + 0.5
         assert cache.lookup("compute") == ["h1:1"]
         assert cache.lookup("compute.h2") == []
         assert cache.lookup_cached("compute") == ["h1:1"]
         assert cache.lookup_cached("never-looked-up") == []
         calls = counting.calls
         cache.refresh()
-        assert (
-            counting.calls == calls + 2
-        )  # one get_hosts per known topic  # the matchmaker still lists h2, so the refresh brings it back
-        assert cache.lookup("compute") == ["h1:1", "h2:2"]
+        assert counting.calls == calls + 2  # one get_hosts per known topic
+        # The matchmaker still lists h2 (a dead server stays registered until its entry expires), but it
+        # stays out while held down, except where it is the only address of the topic.
+        assert cache.lookup("compute") == ["h1:1"]
+        assert cache.lookup("compute.h2") == ["h2:2"]
+        cache.invalidate("compute")
+        assert cache.lookup("compute") == ["h1:1"]  # a synchronous re-fetch honours the hold too
+        time.sleep(max(0.0, held_until - time.monotonic()) + 0.05)
+        cache.refresh()
+        assert cache.lookup("compute") == ["h1:1", "h2:2"]  # the hold is over
     finally:
         cache.close()
 
