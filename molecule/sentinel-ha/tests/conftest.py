@@ -36,6 +36,12 @@ def replication(name: str) -> dict:
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 
+def replicates_from(name: str, master_ip: str) -> bool:
+    """Whether ``name`` is a replica of ``master_ip`` with its link up."""
+    info = replication(name)
+    return info.get("master_host") == master_ip and info.get("master_link_status") == "up"
+
+
 def sentinel_master_addr(name: str) -> tuple[str, str]:
     answer = redis_cli(lab_host(name), "SENTINEL", "get-master-addr-by-name", MASTER_NAME, port=26379)
     ip, port = answer.split()

@@ -2,11 +2,7 @@
 
 from conftest import HOSTS, PASSWORD, address_of, lab_host, redis_cli, replication
 
-
-def test_redis_server_is_running_and_enabled(host):
-    service = host.service("redis-server")
-    assert service.is_running
-    assert service.is_enabled
+# That redis-server runs, is enabled and listens is on the shared checklist (test_zmqrpc_services.py).
 
 
 def test_redis_listens_on_all_addresses(host):

@@ -18,6 +18,7 @@ from conftest import (
     address_of,
     lab_host,
     redis_cli,
+    replicates_from,
     replication,
     sentinel_master_addr,
     wait_until,
@@ -108,10 +109,7 @@ def failover(bus_probe):
 
         other = next(name for name in survivors if name != new_master)
         wait_until(
-            lambda: (
-                replication(other).get("master_host") == new_ip
-                and replication(other).get("master_link_status") == "up"
-            ),
+            lambda: replicates_from(other, new_ip),
             TIMEOUT,
             f"{other} replicates from the new master {new_master}",
         )
@@ -120,10 +118,7 @@ def failover(bus_probe):
 
     # The old master comes back as a master (its redis.conf says so); Sentinel demotes it.
     wait_until(
-        lambda: (
-            replication(old_master).get("master_host") == new_ip
-            and replication(old_master).get("master_link_status") == "up"
-        ),
+        lambda: replicates_from(old_master, new_ip),
         TIMEOUT,
         f"{old_master} rejoins as a replica of {new_master}",
     )
