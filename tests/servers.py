@@ -78,6 +78,16 @@ def _binary(name: str) -> str:
     return path
 
 
+def wait_for(predicate: Callable[[], _T], timeout: float = 10.0, interval: float = 0.05) -> _T:
+    """Poll until ``predicate()`` is truthy and return it; the last value (falsy) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
 def wait_until(predicate: Callable[[], _T], timeout: float, what: str, interval: float = 0.05) -> _T:
     """Poll ``predicate`` until it returns something truthy (returned); exceptions count as false.
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_direct import _wait_for
 from tests.procs import ROOT
+from tests.servers import wait_for
 
 pytestmark = pytest.mark.integration
 HOSTS = ("127.0.0.2", "127.0.0.3")
@@ -59,7 +59,7 @@ def agents(redis_server, tmp_path: Path):
     ]
     client_conf = _conf(tmp_path, redis_server.url, "127.0.0.1")
     try:
-        listed = _wait_for(
+        listed = wait_for(
             lambda: (
                 len(
                     json.loads(

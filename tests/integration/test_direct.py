@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from tests.procs import ServerProcess
-from tests.servers import RedisServer, SentinelCluster, free_port
+from tests.servers import RedisServer, SentinelCluster, free_port, wait_for
 from zmqrpc.client import RpcClient
 from zmqrpc.config import load_settings
 from zmqrpc.errors import CallTimeout, NoRouteError, RemoteError
@@ -109,15 +109,6 @@ def bus(request: pytest.FixtureRequest, backend, tmp_path_factory: pytest.TempPa
         bus.close()
 
 
-def _wait_for(predicate, timeout: float = 10.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
-
-
 def test_call_is_round_robin_over_the_topic_and_directed_calls_reach_one_host(bus: Bus) -> None:
     client = bus.client()
     answers = Counter(client.call("echo", "whoami", timeout=5) for _ in range(20))
@@ -154,7 +145,7 @@ def test_cast_and_notify_are_delivered(bus: Bus) -> None:
     for name in NAMES:
         client.cast("echo", "record", {"tag": f"{tag}-{name}"}, server=name)
     for name in NAMES:
-        seen = _wait_for(lambda n=name: f"{tag}-{n}" in client.call("echo", "seen", timeout=5, server=n))
+        seen = wait_for(lambda n=name: f"{tag}-{n}" in client.call("echo", "seen", timeout=5, server=n))
         assert seen, f"directed cast to {name} not delivered"
     event = f"compute.instance.create-{time.monotonic_ns()}"
     client.notify("notes", "info", event, {"id": 7})
@@ -165,7 +156,7 @@ def test_cast_and_notify_are_delivered(bus: Bus) -> None:
             got += [m for m in client.call("echo", "seen", timeout=5, server=name) if isinstance(m, dict)]
         return [m for m in got if m["event_type"] == event]
 
-    received = _wait_for(notified)
+    received = wait_for(notified)
     assert received == [{"priority": "info", "event_type": event, "payload": {"id": 7}}]
 
 
@@ -177,7 +168,7 @@ def test_fanout_reaches_every_server_exactly_once(bus: Bus) -> None:
     def counts() -> dict[str, int]:
         return {n: client.call("echo", "seen", timeout=5, server=n).count(tag) for n in NAMES}
 
-    _wait_for(lambda: all(counts().values()))
+    wait_for(lambda: all(counts().values()))
     time.sleep(0.3)  # a duplicate would arrive right behind the first copy
     assert counts() == dict.fromkeys(NAMES, 1)
 

@@ -8,9 +8,9 @@ import time
 import pytest
 import zmq
 
-from tests.integration.test_direct import Bus, _wait_for
+from tests.integration.test_direct import Bus
 from tests.procs import ServerProcess
-from tests.servers import RedisServer
+from tests.servers import RedisServer, wait_for
 from zmqrpc import client as client_module
 from zmqrpc import protocol
 from zmqrpc.errors import CallTimeout
@@ -38,7 +38,7 @@ def test_rpc_survives_redis_outage_and_late_servers_register_when_it_returns(mod
             late = bus.server("127.0.0.3", topics=["late"])
             redis.start()
             # Its pending registration lands once Redis is back, and the client's cache picks it up.
-            answer = _wait_for(lambda: _try_call(client, "late"), timeout=15)
+            answer = wait_for(lambda: _try_call(client, "late"), timeout=15)
             assert answer == late.server
         finally:
             bus.close()
@@ -132,7 +132,7 @@ def test_garbage_is_dropped_counted_and_the_server_keeps_serving(redis_server) -
                 raw.send_multipart(frames)
         raw.close(linger=2000)
         expected = {reason: len(messages) for reason, messages in garbage.items()}
-        counts = _wait_for(
+        counts = wait_for(
             lambda: (c := client.call("echo", "drops", timeout=5, server="127.0.0.2")) == expected and c,
             timeout=10,
         )
@@ -179,7 +179,7 @@ def test_each_notification_pool_gets_one_copy_shared_by_its_listeners(redis_serv
                 pools.setdefault(listeners[name], []).extend(numbers)
             return {pool: sorted(numbers) for pool, numbers in pools.items()}
 
-        _wait_for(lambda: all(len(v) == 12 for v in per_pool().values()))
+        wait_for(lambda: all(len(v) == 12 for v in per_pool().values()))
         time.sleep(0.3)
         assert per_pool() == {pool: list(range(12)) for pool in (None, "audit", "billing")}
         audit = received()
@@ -198,7 +198,7 @@ def test_dynamic_mode_bounds_its_sockets_and_delivers_everything(redis_server, m
         for n in range(600):
             client.cast("burst", "record", {"tag": n})
             peak = max(peak, client._dynamic_links)
-        seen = _wait_for(lambda: len(client.call("burst", "seen", timeout=10)) == 600 and True, timeout=30)
+        seen = wait_for(lambda: len(client.call("burst", "seen", timeout=10)) == 600 and True, timeout=30)
         assert seen, f"{len(client.call('burst', 'seen', timeout=10))} of 600 casts delivered"
         assert sorted(client.call("burst", "seen", timeout=10)) == list(range(600))
         assert peak <= 8 and client.undelivered == 0

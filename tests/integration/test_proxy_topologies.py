@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.integration.test_direct import NAMES, Bus, _wait_for
+from tests.integration.test_direct import NAMES, Bus
 from tests.procs import ProxyProcess, ServerProcess
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisServer, free_port, wait_for
 from zmqrpc import protocol
 from zmqrpc.errors import Unreachable
 from zmqrpc.matchmaker import RedisMatchMaker
@@ -52,7 +52,7 @@ def _start_proxies(tmp: Path, redis: RedisServer, count: int, pub_sub: bool) -> 
         wanted = {protocol.PROXY_FRONTENDS: count}
         if pub_sub:
             wanted[protocol.PROXY_PUBLISHERS] = count
-        registered = _wait_for(
+        registered = wait_for(
             lambda: all(len(matchmaker.get_hosts(t)) == n for t, n in wanted.items()), timeout=20
         )
         assert registered, {t: matchmaker.get_hosts(t) for t in wanted}
@@ -101,7 +101,7 @@ def test_call_cast_and_notify_go_through(topology) -> None:
         assert client.call("echo", "whoami", timeout=5, server=server) == server
     tag = f"cast-{name}-{time.monotonic_ns()}"
     client.cast("echo", "record", {"tag": tag}, server=NAMES[0])
-    assert _wait_for(lambda: tag in client.call("echo", "seen", timeout=5, server=NAMES[0]))
+    assert wait_for(lambda: tag in client.call("echo", "seen", timeout=5, server=NAMES[0]))
     event = f"event-{time.monotonic_ns()}"
     client.notify("notes", "info", event, {"n": 1})
 
@@ -113,7 +113,7 @@ def test_call_cast_and_notify_go_through(topology) -> None:
             if isinstance(m, dict) and m["event_type"] == event
         )
 
-    assert _wait_for(notified) == 1
+    assert wait_for(notified) == 1
 
 
 def test_fanout_reaches_every_server_once_and_no_prefix_sharer(topology) -> None:
@@ -126,7 +126,7 @@ def test_fanout_reaches_every_server_once_and_no_prefix_sharer(topology) -> None
     def counts() -> dict[str, int]:
         return {s: client.call("echo", "seen", timeout=5, server=s).count(tag) for s in NAMES}
 
-    _wait_for(lambda: all(counts().values()))
+    wait_for(lambda: all(counts().values()))
     time.sleep(0.5)
     assert counts() == dict.fromkeys(NAMES, 1)
     assert tag not in client.call("fanx", "seen", timeout=5)
@@ -175,7 +175,7 @@ def test_killing_a_proxy_under_a_call_stream_loses_and_duplicates_nothing(
 
     worker = threading.Thread(target=stream)
     worker.start()
-    _wait_for(lambda: len(replies) > 50, timeout=20)
+    wait_for(lambda: len(replies) > 50, timeout=20)
     proxies[0].kill()  # SIGKILL, mid-stream
     worker.join(120)
     assert not errors, errors[:3]
@@ -212,7 +212,7 @@ def test_restarting_a_server_under_casts_loses_and_duplicates_nothing(redis_serv
         def delivered() -> Counter:
             return Counter(int(line) for line in ledger.read_text().split())
 
-        _wait_for(lambda: len(delivered()) == total, timeout=40)
+        wait_for(lambda: len(delivered()) == total, timeout=40)
         executed = delivered()
         assert sorted(executed) == list(range(total)), (
             f"lost: {sorted(set(range(total)) - set(executed))[:10]}"
@@ -303,7 +303,7 @@ def test_use_pub_sub_mismatch_is_reported_and_loses_nothing(router_proxies, capl
         def counts() -> dict[str, int]:
             return {s: client.call("fan", "seen", timeout=5, server=s).count(tag) for s in NAMES}
 
-        _wait_for(lambda: all(counts().values()))
+        wait_for(lambda: all(counts().values()))
         assert counts() == dict.fromkeys(NAMES, 1)
     finally:
         bus.close()
@@ -327,7 +327,7 @@ def test_a_server_without_pub_sub_still_gets_published_fanout(tmp_path: Path, ca
         def counts() -> dict[str, int]:
             return {s: client.call("fan", "seen", timeout=5, server=s).count(tag) for s in NAMES}
 
-        _wait_for(lambda: all(counts().values()))
+        wait_for(lambda: all(counts().values()))
         time.sleep(0.3)
         assert counts() == dict.fromkeys(NAMES, 1)
     finally:

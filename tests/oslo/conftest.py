@@ -16,10 +16,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -36,17 +35,6 @@ FAST = {
     "rpc_zmq_cache_refresh": 1,
     "zmq_connect_timeout": 1.0,
 }
-_T = TypeVar("_T")
-
-
-def wait_for(predicate: Callable[[], _T], timeout: float = 10.0, interval: float = 0.05) -> _T:
-    """Poll until ``predicate()`` is truthy and return it; the last value (falsy) after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def zmq_url(redis_port: int, **options: object) -> str:

@@ -25,10 +25,9 @@ from tests.oslo.conftest import (
     RabbitMQ,
     start_all,
     stop_all,
-    wait_for,
     zmq_url,
 )
-from tests.servers import RedisServer
+from tests.servers import RedisServer, wait_for
 
 pytestmark = pytest.mark.integration
 

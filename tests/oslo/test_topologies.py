@@ -20,10 +20,10 @@ from oslo_config import cfg
 from oslo_context.context import RequestContext
 
 from tests.integration.test_proxy_topologies import _start_proxies
-from tests.oslo.conftest import ALLOWED_EXMODS, FAST, OsloNode, start_all, stop_all, wait_for, zmq_url
+from tests.oslo.conftest import ALLOWED_EXMODS, FAST, OsloNode, start_all, stop_all, zmq_url
 from tests.oslo.remote_errors import AllowedError
 from tests.procs import ProxyProcess
-from tests.servers import RedisServer
+from tests.servers import RedisServer, wait_for
 
 pytestmark = pytest.mark.integration
 
