@@ -733,7 +733,8 @@ class BenchRun:
                 args = (url, server_options, topic, f"server{i}")
                 procs.append(ServerProcess(self.mp, f"zmqrpc-server{i}", _zmqrpc_server, *args))
             _wait_ready(procs)
-            self.write_ring(topic, [f"{HOST}:{p.port}" for p in procs[n:] if p.port])
+            if options.get("rpc_zmq_matchmaker") == "ring":
+                self.write_ring(topic, [f"{HOST}:{p.port}" for p in procs[n:]])
             raw_ports = [p.port for p in procs[:n]]
             raw = self._measure_raw(case, raw_ports, [p.count for p in procs[:n]], payload.encode())
             rpc = self._measure_rpc(case, url, options, topic, [p.count for p in procs[n:]], payload)
