@@ -15,11 +15,13 @@ from zmqrpc_lab import (
     lab_host,
     tcp_connects,
     tcp_listener,
+    unused_port,
 )
 
 CHAIN = "ZMQRPC"
 ALLOWED_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]  # zmqrpc_firewall_allowed_networks
-OUTSIDE_PORT = 40000  # below the service range, declared nowhere
+# Probe ports outside the service range: below it, above the Sentinel port 26379, declared nowhere.
+OUTSIDE_PORTS = (30000, PORT_RANGE[0] - 1)
 RULES = {
     "service port range": (
         f"-p tcp -m tcp --dport {PORT_RANGE[0]}:{PORT_RANGE[1]} -m comment --comment zmqrpc-service-range"
@@ -70,19 +72,22 @@ def test_the_saved_chain_is_the_live_chain_and_comes_first(name):
     assert first == f"-A INPUT -j {CHAIN}", f"{name}: INPUT does not jump to {CHAIN} first ({first})"
 
 
-IN_RANGE_PORT = 55555  # inside the service range, used by no service
-
-
 def test_the_range_is_reachable_from_another_host_and_a_port_outside_is_not():
-    """Plain TCP listeners on the first host, one port inside the service range and one outside it."""
+    """Plain TCP listeners on the first host, one port inside the service range and one outside it.
+
+    Both ports are picked unused at run time: a fixed port can be held by a service or by an outgoing
+    connection's source port, and then the probe listener cannot bind it.
+    """
     server, client = HOSTS[0], HOSTS[1]
-    with tcp_listener(server, IN_RANGE_PORT), tcp_listener(server, OUTSIDE_PORT):
-        assert tcp_connects(server, "127.0.0.1", OUTSIDE_PORT), "the probe listener itself is not up"
-        assert tcp_connects(client, server, IN_RANGE_PORT), (
-            f"{server}:{IN_RANGE_PORT} (in range) is blocked from {client}"
+    in_range = unused_port(server, PORT_RANGE[0], PORT_RANGE[1])
+    outside = unused_port(server, *OUTSIDE_PORTS)
+    with tcp_listener(server, in_range), tcp_listener(server, outside):
+        assert tcp_connects(server, "127.0.0.1", outside), "the probe listener itself is not up"
+        assert tcp_connects(client, server, in_range), (
+            f"{server}:{in_range} (in range) is blocked from {client}"
         )
-        assert not tcp_connects(client, server, OUTSIDE_PORT), (
-            f"{server}:{OUTSIDE_PORT} (outside the range) is reachable from {client}"
+        assert not tcp_connects(client, server, outside), (
+            f"{server}:{outside} (outside the range) is reachable from {client}"
         )
 
 

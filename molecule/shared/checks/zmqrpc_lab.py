@@ -287,6 +287,22 @@ def client_connections(source: str, server: str, calls: int = 3, pause: float = 
 # --- firewall probes -----------------------------------------------------------------------------------
 
 
+def unused_port(name: str, low: int, high: int) -> int:
+    """A port in low..high that no TCP socket on `name` uses, in any state, preferring ports outside the
+    kernel's ephemeral range: a port picked inside it can be taken by an outgoing connection (dynamic
+    connections open many) before a probe listener binds it."""
+    host = lab_host(name)
+    first, last = (int(v) for v in host.check_output("cat /proc/sys/net/ipv4/ip_local_port_range").split())
+    # ss -Htan columns: State Recv-Q Send-Q Local Peer
+    sockets = [line.split() for line in host.check_output("ss -Htan").splitlines()]
+    used = {_address(fields[3])[1] for fields in sockets if len(fields) >= 4}
+    free = [port for port in range(low, high + 1) if port not in used]
+    outside_ephemeral = [port for port in free if not first <= port <= last]
+    if not free:
+        pytest.fail(f"no unused port in {low}..{high} on {name} for a probe listener")
+    return (outside_ephemeral or free)[0]
+
+
 @contextlib.contextmanager
 def tcp_listener(name: str, port: int):
     """A plain TCP listener on all addresses of `name` (a transient systemd unit), for reachability probes."""
@@ -294,10 +310,16 @@ def tcp_listener(name: str, port: int):
     unit = f"zmqrpc-probe-{port}"
     host.check_output(f"systemd-run --unit={unit} python3 -m http.server --bind 0.0.0.0 {port}")
     try:
-        wait_until(lambda: port in listening_ports(name), 10, f"probe listener {name}:{port}")
+        deadline = time.monotonic() + 20  # a loaded machine may start python slowly
+        while port not in listening_ports(name):
+            if time.monotonic() > deadline:
+                journal = host.run(f"journalctl -u {unit} --no-pager -n 20").stdout
+                pytest.fail(f"probe listener {name}:{port} did not start in 20 s, its journal:\n{journal}")
+            time.sleep(0.5)
         yield host
     finally:
         host.run(f"systemctl stop {unit}")
+        host.run(f"systemctl reset-failed {unit}")
 
 
 def tcp_connects(source: str, target: str, port: int, timeout: float = 3) -> bool:
