@@ -8,7 +8,12 @@ config (registered on the ``conf`` oslo.messaging hands over) and from the URL's
 How oslo.messaging maps onto zmqrpc:
 
 * ``RPCClient.call`` / ``cast``: a zmqrpc call / cast to ``topic`` or, with ``server=``, to ``topic.server``.
-  ``prepare(fanout=True)``: a zmqrpc fanout. The exchange is ignored, as the old zmq driver did.
+  ``prepare(fanout=True)``: a zmqrpc fanout.
+* Exchanges are separate namespaces: a target in the driver's default exchange (``control_exchange``,
+  ``openstack`` unless configured; also a target without exchange) uses its plain topic, as the old zmq
+  driver did, so deployments keep their topic names; a target in any other exchange uses
+  ``<exchange>/<topic>`` (:meth:`ZmqDriver.zmq_topic`), for calls, casts, fanout, directed targets,
+  notifications and listeners, and in the dual backend's matchmaker checks.
 * ``get_rpc_server``: a zmqrpc :class:`~zmqrpc.server.RpcServer` for ``topic`` and ``topic.server``, whose
   requests are handed to oslo.messaging's executor through a bounded inbox (:class:`ZmqListener`).
 * ``Notifier``: a zmqrpc notification to ``topic.priority``; ``get_notification_listener(pool=...)``: a
@@ -69,6 +74,8 @@ from zmqrpc.server import Request, RpcServer
 
 LOG = logging.getLogger(__name__)
 
+EXCHANGE_SEPARATOR = "/"  # between a non-default exchange and the topic: "<exchange>/<topic>"
+DEFAULT_EXCHANGE = "openstack"  # oslo.messaging's control_exchange default
 DEFAULT_CALL_TIMEOUT = 60.0  # seconds, when neither the caller nor rpc_response_timeout says
 REDIRECT_PAUSE = 0.05  # seconds between re-sends of a redirected call (the server is stopping)
 _PLAIN = (str, int, float, bool, type(None))
@@ -352,8 +359,10 @@ class ZmqListener(base.PollStyleListener):
         if fallback is None or self._target is None or request.kind is MessageType.FANOUT:
             LOG.warning("zmq receiver stopping: %s on %r dropped", request.kind.name.lower(), request.topic)
             return
-        server = self._target.server if request.topic != self._target.topic else None
-        target = oslo_messaging.Target(topic=self._target.topic, server=server)
+        server = self._target.server if request.topic not in self._topics else None
+        target = oslo_messaging.Target(
+            exchange=self._target.exchange, topic=self._target.topic, server=server
+        )
         try:
             fallback.send(target, request.context, message)
         except Exception:
@@ -432,6 +441,10 @@ class ZmqDriver(base.BaseDriver):
         allowed_remote_exmods: list[str] | None = None,
     ) -> None:
         super().__init__(conf, url, default_exchange, allowed_remote_exmods)
+        # oslo.messaging passes conf.control_exchange
+        self.default_exchange: str = (
+            default_exchange or getattr(conf, "control_exchange", None) or DEFAULT_EXCHANGE
+        )
         # oslo.messaging registered its own [DEFAULT] transport_url before loading us; register_opts
         # tolerates that and adds [oslo_messaging_zmq], [zmq_proxy_opts] and [matchmaker_redis].
         register_opts(conf)
@@ -477,6 +490,14 @@ class ZmqDriver(base.BaseDriver):
         )
 
     # ------------------------------------------------------------------ helpers
+    def zmq_topic(self, target: oslo_messaging.Target) -> str:
+        """The zmqrpc topic of ``target.topic``: plain in the default exchange, ``<exchange>/<topic>`` in
+        any other, so servers of one exchange never get another exchange's messages."""
+        exchange = target.exchange or self.default_exchange
+        if exchange == self.default_exchange:
+            return str(target.topic)
+        return f"{exchange}{EXCHANGE_SEPARATOR}{target.topic}"
+
     def set_receiver_enabled(self, enabled: bool) -> None:
         """Start (True) or retire (False: unregister, drain, stop) the zmq receivers of every listener."""
         if enabled == self.receiver_enabled:
@@ -540,26 +561,27 @@ class ZmqDriver(base.BaseDriver):
         transport_options: Any = None,
     ) -> Any:
         fallback = self.fallback_driver
+        bare = self.zmq_topic(target)
         if target.fanout:
-            if fallback is not None and (self._fanout_fallback or not self._registered(target.topic)):
+            if fallback is not None and (self._fanout_fallback or not self._registered(bare)):
                 return fallback.send(target, ctxt, message, retry=retry, transport_options=transport_options)
             method = str(message.get("method", ""))
             self._with_primitives(
-                lambda c, m: self.client.fanout(target.topic, method, self._args(m, None), context=c),
+                lambda c, m: self.client.fanout(bare, method, self._args(m, None), context=c),
                 ctxt,
                 message,
             )
             return None
         if wait_for_reply:
             return self._call(target, ctxt, message, timeout, call_monitor_timeout, retry, transport_options)
-        topic = f"{target.topic}.{target.server}" if target.server else target.topic
+        topic = f"{bare}.{target.server}" if target.server else bare
         if fallback is not None and not self._registered(topic):
             return fallback.send(target, ctxt, message, retry=retry, transport_options=transport_options)
         method = str(message.get("method", ""))
         try:
             self._with_primitives(
                 lambda c, m: self.client.cast(
-                    target.topic, method, self._args(m, None), context=c, server=target.server, strict=True
+                    bare, method, self._args(m, None), context=c, server=target.server, strict=True
                 ),
                 ctxt,
                 message,
@@ -585,7 +607,8 @@ class ZmqDriver(base.BaseDriver):
         if timeout is None:
             timeout = getattr(self.conf, "rpc_response_timeout", None) or DEFAULT_CALL_TIMEOUT
         deadline = time.monotonic() + float(timeout)
-        topic = f"{target.topic}.{target.server}" if target.server else target.topic
+        bare = self.zmq_topic(target)
+        topic = f"{bare}.{target.server}" if target.server else bare
         fallback = self.fallback_driver
         method = str(message.get("method", ""))
 
@@ -611,7 +634,7 @@ class ZmqDriver(base.BaseDriver):
             try:
                 future = self._with_primitives(
                     lambda c, m, left=remaining: self.client.call_async(
-                        target.topic,
+                        bare,
                         method,
                         self._args(m, call_monitor_timeout),
                         timeout=left,
@@ -686,15 +709,16 @@ class ZmqDriver(base.BaseDriver):
         retry: int | None = None,
     ) -> None:
         fallback = self.fallback_driver
+        full = self.zmq_topic(target)  # topic.priority, in the target's exchange
         if fallback is not None and (
-            self._fanout_fallback
-            or not (self._registered(target.topic) or self._registered(pools_topic(target.topic)))
+            self._fanout_fallback or not (self._registered(full) or self._registered(pools_topic(full)))
         ):
             # No zmq listener at all: the fallback at least keeps it until a listener comes.
             return fallback.send_notification(target, ctxt, message, version, retry=retry)
-        topic, dot, priority = target.topic.rpartition(".")
+        _, dot, priority = str(target.topic).rpartition(".")
         if not dot:
             raise oslo_messaging.InvalidTarget("a notification topic is topic.priority", target)
+        topic = full[: -len(priority) - 1]
         try:
             self._with_primitives(
                 lambda c, m: self.client.notify(
@@ -715,7 +739,9 @@ class ZmqDriver(base.BaseDriver):
     # ------------------------------------------------------------------ BaseDriver: listening
     def listen(self, target: oslo_messaging.Target, batch_size: int, batch_timeout: float | None) -> Any:
         zmq_listener = base.PollStyleListenerAdapter(
-            self._zmq_listener([target.topic], target.server, target=target), batch_size, batch_timeout
+            self._zmq_listener([self.zmq_topic(target)], target.server, target=target),
+            batch_size,
+            batch_timeout,
         )
         if self.fallback_driver is None:
             return zmq_listener
@@ -729,7 +755,9 @@ class ZmqDriver(base.BaseDriver):
         batch_size: int,
         batch_timeout: float | None,
     ) -> Any:
-        topics = sorted({f"{target.topic}.{priority}" for target, priority in targets_and_priorities})
+        topics = sorted(
+            {f"{self.zmq_topic(target)}.{priority}" for target, priority in targets_and_priorities}
+        )
         zmq_listener = base.PollStyleListenerAdapter(
             self._zmq_listener(topics, None, pool=pool), batch_size, batch_timeout
         )

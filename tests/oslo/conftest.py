@@ -77,11 +77,13 @@ class OsloNode:
         pool: str | None = None,
         label: str | None = None,
         ledger: Path | None = None,
+        exchange: str | None = None,
     ) -> None:
         self.role = role
         self.topic = topic
         self.name = name
         self.pool = pool
+        self.exchange = exchange
         label = label or name  # files are named after it: a replacement of a node needs another label
         self.transport_url = transport_url
         self.config = write_config(tmp / f"{role}-{label}.conf", transport_url, zmq_options)
@@ -103,6 +105,8 @@ class OsloNode:
         ]
         if self.pool:
             cmd += ["--pool", self.pool]
+        if self.exchange:
+            cmd += ["--exchange", self.exchange]
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(

@@ -6,6 +6,8 @@ It uses oslo.messaging's public API only, as an OpenStack service would: ``trans
 * ``server``: ``get_rpc_server`` on ``--topic`` with ``--server``, endpoints below.
 * ``listener``: ``get_notification_listener`` on ``--topic`` (info, warn and error), in ``--pool`` if given.
 
+Both listen in ``--exchange`` when given (the transport's default exchange otherwise).
+
 Whatever it receives (casts, fanouts, notifications) is appended as a JSON line to ``--ledger``, so a test
 in another process can read it. It prints ``READY`` once serving; SIGTERM stops it the way oslo.service
 does (stop, wait, transport cleanup), and SIGHUP reloads mutable options (``restart_method=mutate``).
@@ -45,12 +47,17 @@ class Ledger:
 
 
 class RpcEndpoint:
-    def __init__(self, name: str, ledger: Ledger) -> None:
+    def __init__(self, name: str, ledger: Ledger, exchange: str | None = None) -> None:
         self.name = name
         self.ledger = ledger
+        self.exchange = exchange
 
     def whoami(self, ctxt: dict) -> str:
         return self.name
+
+    def where(self, ctxt: dict) -> list[str | None]:
+        """[exchange, server name]: the exchange is None when the server listens in the default one."""
+        return [self.exchange, self.name]
 
     def echo(self, ctxt: dict, **kwargs: Any) -> dict:
         return {"server": self.name, "args": kwargs, "context": ctxt}
@@ -105,6 +112,7 @@ def main() -> int:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--server", required=True, help="RPC server name (target.server) / ledger name")
     parser.add_argument("--pool")
+    parser.add_argument("--exchange", help="the target's exchange (default: the transport's)")
     parser.add_argument("--ledger")
     args = parser.parse_args()
 
@@ -118,11 +126,12 @@ def main() -> int:
     server: Any
     if args.role == "server":
         transport = oslo_messaging.get_rpc_transport(cfg.CONF)
-        target = oslo_messaging.Target(topic=args.topic, server=args.server)
-        server = oslo_messaging.get_rpc_server(transport, target, [RpcEndpoint(args.server, ledger)])
+        target = oslo_messaging.Target(topic=args.topic, server=args.server, exchange=args.exchange)
+        endpoint = RpcEndpoint(args.server, ledger, args.exchange)
+        server = oslo_messaging.get_rpc_server(transport, target, [endpoint])
     else:
         transport = oslo_messaging.get_notification_transport(cfg.CONF)
-        targets = [oslo_messaging.Target(topic=args.topic)]
+        targets = [oslo_messaging.Target(topic=args.topic, exchange=args.exchange)]
         server = oslo_messaging.get_notification_listener(
             transport, targets, [NotificationEndpoint(ledger)], pool=args.pool
         )
