@@ -168,7 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_proxy_args(proxy)
     proxy.set_defaults(func=_cmd_proxy)
 
+    from zmqrpc import plan
+
+    plan_parser = sub.add_parser(
+        "plan", help="predict connections, fds, ports, memory, Redis load and fanout time of a bus of N nodes"
+    )
+    plan.add_arguments(plan_parser)
+    plan_parser.set_defaults(func=plan.run)
+
     # Dispatched in main() before parsing; listed here for --help.
+    sub.add_parser(
+        "scale-test", help="run a bus of N simulated nodes on this machine (zmqrpc scale-test --help)"
+    )
     sub.add_parser(
         "bench", help="measure zmqrpc beside raw pyzmq and nats-py, from a checkout (zmqrpc bench --help)"
     )
@@ -205,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         # bench owns its whole command line (argparse REMAINDER would swallow "--help" and reject flags).
         return _run_from_checkout("bench", "benchmarks.bench", argv[1:])
+    if argv[:1] == ["scale-test"]:
+        return _run_from_checkout("scale-test", "benchmarks.scale", argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
