@@ -42,6 +42,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -677,6 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.matchmaker == "redis" and not args.redis_url:
         parser.error("--matchmaker redis needs --redis-url redis://host:port")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # SIGTERM unwinds like Ctrl-C, so the servers and daemons this run started are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     warmup = args.warmup if args.warmup is not None else min(0.5, 0.2 * args.duration)
     shared = ("duration", "payload_size", "matchmaker", "redis_url", "fanout_servers", "cast_window")
 

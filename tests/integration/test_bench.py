@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import find_binary
+from tests.servers import find_binary, stop_process
 
-pytestmark = pytest.mark.integration
+# The module's fixtures each run a whole bench (up to _bench's 240 s subprocess timeout on a loaded machine),
+# inside the first test that uses them: the suite's 120 s per-test timeout would cut them short.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,10 +61,14 @@ def _bench(*args: str) -> list[dict]:
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = proc.stdout.splitlines()
-    assert lines, proc.stderr[-4000:]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        stop_process(proc, timeout=30)  # on a timeout: SIGTERM lets the bench stop the daemons it started
+    assert proc.returncode == 0, stderr[-4000:]
+    lines = stdout.splitlines()
+    assert lines, stderr[-4000:]
     return [json.loads(line) for line in lines]  # --json: nothing but JSON lines on stdout
 
 
