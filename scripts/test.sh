@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: set-up, lint, unit, integration, module tests and molecule scenarios.
+# The whole test suite, as CI runs it: set-up, lint, unit, integration, module tests, oslo.messaging's
+# functional suite (scripts/oslo-functional.sh) and molecule scenarios.
 #   scripts/test.sh          everything (what .ci/run calls)
 #   scripts/test.sh fast     lint + unit tests only, for iteration
 # Run as root on Debian 12; it installs what it needs (scripts/dev-setup.sh).
@@ -28,6 +29,9 @@ fi
 
 stage "unit, integration and module tests"
 .venv/bin/pytest -q -p no:cacheprovider tests
+
+stage "oslo.messaging's functional suite, every topology"
+scripts/oslo-functional.sh
 
 stage "lab: podman prerequisites and base image"
 make --no-print-directory lab-prereqs lab-image
