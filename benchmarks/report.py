@@ -77,7 +77,7 @@ def plot(records: list[dict[str, Any]], oslo_records: list[dict[str, Any]], path
     shown = [i for i, rows in enumerate(table) if any(v is not None for row in rows for v in row)]
     width = 0.8 / max(1, len(shown))
     fig, axes = plt.subplots(
-        len(_PANELS), 1, figsize=(max(8.0, 1.6 * len(records) + 2), 12), sharex=True, squeeze=False
+        len(_PANELS), 1, figsize=(max(10.0, 1.6 * len(records) + 2), 12), sharex=True, squeeze=False
     )
     for ax, (ylabel, title, k) in zip(axes[:, 0], _PANELS, strict=True):
         for slot, i in enumerate(shown):
@@ -102,7 +102,8 @@ def plot(records: list[dict[str, Any]], oslo_records: list[dict[str, Any]], path
         ax.set_title(title, loc="left", fontsize=9)
         ax.grid(axis="y", which="major", alpha=0.3)
         ax.margins(y=0.25)
-    axes[0, 0].legend(loc="upper left", bbox_to_anchor=(0, 1.22), ncol=len(shown), fontsize=9, frameon=False)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=3, frameon=False)
     axes[-1, 0].set_xticks(range(len(records)), [_label(r) for r in records], fontsize=8)
     loads = [r["loadavg_1m"] for r in [*records, *oslo_records] if "loadavg_1m" in r]
     payload = (
@@ -113,6 +114,6 @@ def plot(records: list[dict[str, Any]], oslo_records: list[dict[str, Any]], path
         f"zmqrpc bench: {payload} B payload, {os.cpu_count()} CPUs{load}; baselines measured in the same run",
         fontsize=11,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(path, dpi=110)
     plt.close(fig)
