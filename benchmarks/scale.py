@@ -733,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma list of {', '.join(TOPOLOGY_OPTIONS)}",
     )
     parser.add_argument("--proxies", type=int, default=3, help="central proxies in proxy topologies")
-    parser.add_argument("--nodes-per-process", type=int, default=250, help="simulated nodes per OS process")
+    parser.add_argument("--nodes-per-process", type=int, default=100, help="simulated nodes per OS process")
     parser.add_argument("--calls", type=int, default=200, help="calls for the latency percentiles")
     parser.add_argument("--fanouts", type=int, default=3, help="fanouts timed (the median is reported)")
     parser.add_argument(
