@@ -22,6 +22,7 @@ With ``rpc_use_acks`` every call, cast and notification asks for an ack; without
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -39,7 +40,15 @@ from zmqrpc.errors import CallTimeout, ClientClosed, NoRouteError, RemoteError, 
 from zmqrpc.ioloop import IOLoop
 from zmqrpc.matchmaker import MatchMaker, RoutingCache, create_matchmaker
 from zmqrpc.protocol import Flags, MessageType
-from zmqrpc.sockets import CLOSE_LINGER_MS, SocketFactory, new_routing_id, sync_connections, tcp_endpoint
+from zmqrpc.sockets import (
+    CLOSE_LINGER_MS,
+    NOBLOCK,
+    SocketFactory,
+    new_routing_id,
+    send_frames,
+    sync_connections,
+    tcp_endpoint,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -51,6 +60,8 @@ MAX_DYNAMIC_LINKS = 256
 MAX_WAITING = 100_000
 # How often the client re-reads which proxies exist (from its cached matchmaker view).
 SYNC_INTERVAL = 1.0
+# Idle caller sockets kept per peer: about the number of threads that call one server at once.
+MAX_IDLE_PER_PEER = 64
 
 
 @dataclass
@@ -123,6 +134,10 @@ class RpcClient:
         self.undelivered = 0  # casts/fanouts that no live server took (counted, logged)
         self.resent = 0
         self._closed = False
+        # Static direct links without acks: calls and casts go out on the caller's own socket. Other modes
+        # need the I/O thread's bookkeeping (per-message sockets, proxies, resends).
+        direct = not (self._dynamic or self._via_proxy or self._acks)
+        self._pool = _CallerSockets(self._sockets) if direct else None
         self._loop = IOLoop("zmqrpc-client-io", tick_interval=FAILOVER_GRACE / 2)
         self._loop.add_ticker(self._on_tick)
         if self._via_proxy or self._pub_sub:
@@ -142,15 +157,29 @@ class RpcClient:
         timeout: float,
         context: dict[str, Any] | None = None,
         server: str | None = None,
+        monitor: float | None = None,
     ) -> Any:
         """Call ``method`` on one server of ``topic`` (or on ``server``) and return its result.
 
         Raises CallTimeout when no reply arrives within ``timeout`` seconds (Unreachable, a CallTimeout,
         sooner when the bus knows the server is gone), RemoteError when the remote method raised,
-        NoRouteError when no server is registered for the topic.
+        NoRouteError when no server is registered for the topic. With ``monitor`` (call monitoring) it
+        also gives up when neither the reply nor a server heartbeat came for ``monitor`` seconds.
         """
-        future = self.call_async(topic, method, args, timeout=timeout, context=context, server=server)
-        return self.wait(future, timeout)
+        _check_timeout(timeout, topic)
+        target = f"{topic}.{server}" if server else topic
+        ordered = self._pick(target, self._hosts(target, True))
+        msg_id = protocol.new_msg_id()
+        frames = self._frame(MessageType.CALL, target, _body(method, args, context), msg_id)
+        if self._pool is not None:
+            sock = self._pool.send(ordered[0], frames)
+            if sock is not None:
+                # The caller's own socket: it waits for the reply right here, no other thread involved.
+                try:
+                    return _result(self._await_reply(sock, msg_id, timeout, monitor))
+                finally:
+                    self._pool.put(ordered[0], sock)
+        return self.wait(self._start_call(frames, target, ordered, not server, timeout), timeout, monitor)
 
     def call_async(
         self,
@@ -167,47 +196,42 @@ class RpcClient:
         While the server runs the call it may send heartbeats (call monitoring): the future's
         ``heartbeat_at`` attribute is then the monotonic time of the last one.
         """
-        if timeout is None or timeout <= 0:
-            raise ValueError(f"a call needs a positive timeout (got {timeout!r} for topic {topic!r})")
+        _check_timeout(timeout, topic)
         target = f"{topic}.{server}" if server else topic
-        future: Future = Future()
-        msg_id = protocol.new_msg_id()
-        future.msg_id = msg_id  # type: ignore[attr-defined]
-        self._pending[msg_id] = future
-        try:
-            self._send_one(
-                MessageType.CALL,
-                target,
-                _body(method, args, context),
-                msg_id,
-                future,
-                not server,
-                True,
-                timeout,
-            )
-        except BaseException:
-            self._pending.pop(msg_id, None)
-            raise
-        return future
+        ordered = self._pick(target, self._hosts(target, True))
+        frames = self._frame(MessageType.CALL, target, _body(method, args, context), protocol.new_msg_id())
+        return self._start_call(frames, target, ordered, not server, timeout)
 
-    def wait(self, future: Future, timeout: float) -> Any:
-        """Wait for a call started with :meth:`call_async`; same errors as :meth:`call`."""
+    def wait(self, future: Future, timeout: float, monitor: float | None = None) -> Any:
+        """Wait for a call started with :meth:`call_async`; same errors (and ``monitor``) as :meth:`call`."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while monitor:
+            # Call monitoring: wait in steps that end when the last heartbeat is ``monitor`` seconds old.
+            now = time.monotonic()
+            ends = min(deadline, max(started, getattr(future, "heartbeat_at", started)) + monitor)
+            if ends <= now:
+                if now < deadline:
+                    self._forget(future)
+                    raise CallTimeout(f"no reply nor heartbeat within {monitor} s (call monitoring)")
+                break
+            with contextlib.suppress(FutureTimeout):
+                future.result(ends - now)
+                break
+            if future.done():
+                break
         try:
-            body = future.result(timeout)
+            body = future.result(max(0.0, deadline - time.monotonic()))
         except CallTimeout:
             raise  # Unreachable, set by the I/O thread (a CallTimeout is also a TimeoutError)
         except FutureTimeout:
-            self._pending.pop(future.msg_id, None)  # type: ignore[attr-defined]
-            self._tracking.pop(future.msg_id, None)  # type: ignore[attr-defined]
+            self._forget(future)
             raise CallTimeout(f"no reply within {timeout} s") from None
-        failure = body.get("failure")
-        if failure is not None:
-            raise RemoteError(
-                str(failure.get("type", "Exception")),
-                str(failure.get("message", "")),
-                str(failure.get("traceback", "")),
-            )
-        return body.get("result")
+        return _result(body)
+
+    def _forget(self, future: Future) -> None:
+        self._pending.pop(future.msg_id, None)  # type: ignore[attr-defined]
+        self._tracking.pop(future.msg_id, None)  # type: ignore[attr-defined]
 
     def cast(
         self,
@@ -247,7 +271,8 @@ class RpcClient:
         for host in unicast:
             # Each copy is its own message (own id), so acks and duplicate suppression work per server.
             copy = protocol.readdress(frames, msg_id=protocol.new_msg_id())
-            self._submit_route([host], self._outgoing(copy, topic, None, False, self._acks))
+            if not self._send_direct(host, copy):
+                self._submit_route([host], self._outgoing(copy, topic, None, False, self._acks))
         return len(hosts)
 
     def notify(
@@ -288,6 +313,8 @@ class RpcClient:
         self._closed = True
         self._loop.submit(self._close_all)
         self._loop.stop()
+        if self._pool is not None:
+            self._pool.close()
         self.routes.close()
         if self._owns_matchmaker:
             self.matchmaker.close()
@@ -356,12 +383,68 @@ class RpcClient:
         hosts = self._hosts(target, strict)
         if not hosts:
             return
-        out = self._outgoing(
-            self._frame(msg_type, target, body, msg_id), target, future, reroutable, self._acks
-        )
+        ordered = self._pick(target, hosts)
+        frames = self._frame(msg_type, target, body, msg_id)
+        if self._send_direct(ordered[0], frames):
+            return
+        out = self._outgoing(frames, target, future, reroutable, self._acks)
         if timeout:
             out.deadline = time.monotonic() + timeout
-        self._submit_route(self._pick(target, hosts), out)
+        self._submit_route(ordered, out)
+
+    def _send_direct(self, dest: str, frames: list[bytes]) -> bool:
+        """Send a one-way message on the caller's own socket; False when the I/O thread must take it
+        (no caller sockets in this mode, or no live connection to ``dest`` yet)."""
+        if self._pool is None:
+            return False
+        sock = self._pool.send(dest, frames)
+        if sock is None:
+            return False
+        self._pool.put(dest, sock)
+        return True
+
+    def _start_call(
+        self, frames: list[bytes], target: str, ordered: list[str], reroutable: bool, timeout: float
+    ) -> Future:
+        """Hand a framed call to the I/O thread; the future completes with the reply's body."""
+        future: Future = Future()
+        msg_id = frames[0][6:]
+        future.msg_id = msg_id  # type: ignore[attr-defined]
+        self._pending[msg_id] = future
+        out = self._outgoing(frames, target, future, reroutable, self._acks)
+        out.deadline = time.monotonic() + timeout
+        self._submit_route(ordered, out)
+        return future
+
+    def _await_reply(
+        self, sock: zmq.Socket, msg_id: bytes, timeout: float, monitor: float | None
+    ) -> dict[str, Any]:
+        """Wait on the caller's socket for the reply to ``msg_id``; a heartbeat extends ``monitor``."""
+        alive = time.monotonic()
+        deadline = alive + timeout
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise CallTimeout(f"no reply within {timeout} s")
+            ends = min(deadline, alive + monitor) if monitor else deadline
+            if now >= ends:
+                raise CallTimeout(f"no reply nor heartbeat within {monitor} s (call monitoring)")
+            sock.setsockopt(zmq.RCVTIMEO, max(1, int((ends - now) * 1000)))
+            try:
+                frames = sock.recv_multipart()
+            except zmq.Again:
+                continue
+            if len(frames) != protocol.FRAME_COUNT or frames[0][6:] != msg_id:
+                continue  # a late answer to an earlier call on this socket, which gave up on it
+            try:
+                env = protocol.decode(frames, self._max_size)
+            except protocol.ProtocolError as exc:
+                self.drops.drop(exc.reason, exc.detail, "a server")
+                continue
+            if env.type is MessageType.REPLY:
+                return env.body
+            if env.type is MessageType.HEARTBEAT:
+                alive = time.monotonic()
 
     def _submit_route(self, ordered: list[str], out: _Outgoing) -> None:
         self._loop.submit(functools.partial(self._route, ordered, out))
@@ -489,7 +572,7 @@ class RpcClient:
         while outbox:
             out = outbox[0]
             try:
-                sock.send_multipart(out.frames, zmq.NOBLOCK, copy=False)
+                send_frames(sock, out.frames)
             except zmq.Again:
                 # No completed connection yet (ZMQ_IMMEDIATE) or the peer's queue is full (HWM).
                 if link.blocked_since is None:
@@ -516,7 +599,7 @@ class RpcClient:
         sock = link.sock
         while True:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(NOBLOCK)
             except zmq.Again:
                 break
             try:
@@ -680,3 +763,64 @@ class RpcClient:
 
 def _body(method: str, args: dict[str, Any] | None, context: dict[str, Any] | None) -> dict[str, Any]:
     return {"message": {"method": method, "args": args or {}}, "context": context or {}}
+
+
+def _check_timeout(timeout: float, topic: str) -> None:
+    if timeout is None or timeout <= 0:
+        raise ValueError(f"a call needs a positive timeout (got {timeout!r} for topic {topic!r})")
+
+
+def _result(body: dict[str, Any]) -> Any:
+    """A reply's result, or its failure raised as RemoteError."""
+    failure = body.get("failure")
+    if failure is not None:
+        raise RemoteError(
+            str(failure.get("type", "Exception")),
+            str(failure.get("message", "")),
+            str(failure.get("traceback", "")),
+        )
+    return body.get("result")
+
+
+class _CallerSockets:
+    """DEALERs that caller threads check out, one at a time each, for a call or a cast to one peer.
+
+    A call then sends and waits on a socket its own thread holds. Sockets are kept between uses (static
+    direct keeps its connections), at most MAX_IDLE_PER_PEER idle per peer.
+    """
+
+    def __init__(self, factory: SocketFactory) -> None:
+        self._factory = factory
+        self._idle: dict[str, list[zmq.Socket]] = {}
+        self._closed = False
+
+    def send(self, dest: str, frames: list[bytes]) -> zmq.Socket | None:
+        """Send on a socket to ``dest`` and return it (checked out); None if it has no live connection
+        yet (ZMQ_IMMEDIATE), in which case the caller lets the I/O thread deliver."""
+        idle = self._idle.get(dest)
+        try:
+            sock = idle.pop() if idle else None
+        except IndexError:  # another thread took the last one
+            sock = None
+        if sock is None:
+            sock = self._factory.dealer(blocking=True)
+            sock.connect(tcp_endpoint(dest))
+        try:
+            send_frames(sock, frames)
+        except zmq.Again:
+            self.put(dest, sock)  # connected by next time, most likely
+            return None
+        return sock
+
+    def put(self, dest: str, sock: zmq.Socket) -> None:
+        idle = self._idle.setdefault(dest, [])
+        if self._closed or len(idle) >= MAX_IDLE_PER_PEER:
+            sock.close(CLOSE_LINGER_MS)
+        else:
+            idle.append(sock)
+
+    def close(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close(CLOSE_LINGER_MS)

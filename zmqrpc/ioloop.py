@@ -1,7 +1,9 @@
 """A small single-threaded I/O loop: the one thread that owns a set of ZeroMQ sockets.
 
-ZeroMQ sockets are not thread-safe, so each client or server gives its sockets to one IOLoop. Other threads
-hand work to it with :meth:`IOLoop.submit`, which wakes the loop through an eventfd.
+ZeroMQ sockets are not thread-safe, so a client's background sockets (and a proxy's) belong to one IOLoop.
+Other threads hand work to it with :meth:`IOLoop.submit`, which wakes the loop through an eventfd. The
+loop's thread follows the host: a green thread under eventlet, which then waits through the hub
+(:func:`zmqrpc.green.poll`), or a plain thread that waits inside libzmq.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Callable
 
 import zmq
 
+from zmqrpc import green
+
 LOG = logging.getLogger(__name__)
 
 Handler = Callable[[int], None]
@@ -26,8 +30,7 @@ class IOLoop:
         self.name = name
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._tasks: deque[Callable[[], None]] = deque()
-        self._poller = zmq.Poller()
-        self._poller.register(self._wake_fd, zmq.POLLIN)
+        self._poll_items: list[tuple[zmq.Socket | int, int]] = [(self._wake_fd, zmq.POLLIN)]
         self._handlers: dict[zmq.Socket, Handler] = {}
         self._flags: dict[zmq.Socket, int] = {}
         self._tickers: list[Callable[[float], None]] = []
@@ -79,15 +82,17 @@ class IOLoop:
     def set_flags(self, sock: zmq.Socket, flags: int) -> None:
         if self._flags.get(sock) != flags:
             self._flags[sock] = flags
-            if flags:
-                self._poller.register(sock, flags)
-            else:
-                self._poller.unregister(sock)
+            self._rebuild_poll_items()
 
     def unwatch(self, sock: zmq.Socket) -> None:
         self._handlers.pop(sock, None)
         if self._flags.pop(sock, 0):
-            self._poller.unregister(sock)
+            self._rebuild_poll_items()
+
+    def _rebuild_poll_items(self) -> None:
+        items: list[tuple[zmq.Socket | int, int]] = [(self._wake_fd, zmq.POLLIN)]
+        items += [(sock, flags) for sock, flags in self._flags.items() if flags]
+        self._poll_items = items
 
     def add_ticker(self, ticker: Callable[[float], None]) -> None:
         """Run ``ticker(now)`` about every tick_interval."""
@@ -96,7 +101,7 @@ class IOLoop:
     def _run(self) -> None:
         while not self._stopping:
             try:
-                events = self._poller.poll(self._tick_ms)
+                events = green.poll(self._poll_items, self._tick_ms)
             except zmq.ZMQError as exc:  # e.g. context terminated under us
                 LOG.error("%s: poll failed, loop stops: %s", self.name, exc)
                 break

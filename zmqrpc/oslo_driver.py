@@ -56,8 +56,6 @@ import logging
 import threading
 import time
 import weakref
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import oslo_messaging
@@ -632,14 +630,15 @@ class ZmqDriver(base.BaseDriver):
             if fallback is not None and not self._registered(topic):
                 return over_fallback()
             try:
-                future = self._with_primitives(
-                    lambda c, m, left=remaining: self.client.call_async(
+                body = self._with_primitives(
+                    lambda c, m, left=remaining: self.client.call(
                         bare,
                         method,
                         self._args(m, call_monitor_timeout),
                         timeout=left,
                         context=c,
                         server=target.server,
+                        monitor=float(call_monitor_timeout) if call_monitor_timeout else None,
                     ),
                     ctxt,
                     message,
@@ -648,10 +647,6 @@ class ZmqDriver(base.BaseDriver):
                 if fallback is not None:
                     return over_fallback()
                 raise oslo_messaging.MessagingTimeout(f"no server is registered for {topic!r}") from None
-            except ClientClosed as exc:
-                raise oslo_messaging.MessageDeliveryFailure(str(exc)) from exc
-            try:
-                body = self._wait(future, deadline, call_monitor_timeout)
             except Unreachable as exc:
                 # Never delivered (its receiver is gone): safe to send again over the fallback.
                 if fallback is not None:
@@ -679,26 +674,6 @@ class ZmqDriver(base.BaseDriver):
                 time.sleep(REDIRECT_PAUSE)
                 continue
             return body.get("result")
-
-    def _wait(self, future: Future, deadline: float, call_monitor_timeout: float | None) -> Any:
-        """The call's result; gives up at ``deadline``, or earlier when call monitoring is on and neither
-        the reply nor a heartbeat came within ``call_monitor_timeout`` seconds."""
-        monitor = float(call_monitor_timeout) if call_monitor_timeout else None
-        started = time.monotonic()
-        while True:
-            now = time.monotonic()
-            alive = max(started, getattr(future, "heartbeat_at", started))
-            ends = min(deadline, alive + monitor) if monitor else deadline
-            if ends <= now:
-                break
-            try:
-                future.result(ends - now)
-                break
-            except FutureTimeout:
-                continue
-            except Exception:
-                break  # failed: wait() below raises it
-        return self.client.wait(future, 0)  # done: the result; not done: CallTimeout (and forgotten)
 
     def send_notification(
         self,

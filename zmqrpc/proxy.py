@@ -38,7 +38,7 @@ from zmqrpc import protocol
 from zmqrpc.errors import ZmqRpcError
 from zmqrpc.ioloop import IOLoop
 from zmqrpc.matchmaker import MatchMaker, MatchmakerError, Registrar, create_matchmaker
-from zmqrpc.sockets import CLOSE_LINGER_MS, SocketFactory, sync_connections
+from zmqrpc.sockets import CLOSE_LINGER_MS, NOBLOCK, SocketFactory, sync_connections
 
 LOG = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ class CentralProxy(_Proxy):
     def _drain(self, sock: zmq.Socket, handle: Any) -> None:
         for _ in range(BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(NOBLOCK)
             except zmq.Again:
                 return
             try:
@@ -340,7 +340,7 @@ class CentralProxy(_Proxy):
             return
         assert self._backend is not None
         try:
-            self._backend.send_multipart([route, header, sender, topic, body], zmq.NOBLOCK)
+            self._backend.send_multipart([route, header, sender, topic, body], NOBLOCK)
         except zmq.Again:
             self.drops.drop("backend queue full", f"server {_short(route)} at its high-water mark")
             return
@@ -385,7 +385,7 @@ class CentralProxy(_Proxy):
             return
         try:
             # name + b"\x00" is protocol.subscription(topic): SUB filters match the topic exactly.
-            self._pub.send_multipart([name + b"\x00", header, sender, topic, body], zmq.NOBLOCK)
+            self._pub.send_multipart([name + b"\x00", header, sender, topic, body], NOBLOCK)
         except zmq.ZMQError as exc:
             self.drops.drop("publish failed", str(exc))
             return
@@ -401,7 +401,7 @@ class CentralProxy(_Proxy):
     def _notify_unroutable(self, sender: bytes, header: bytes, route: bytes) -> None:
         assert self._frontend is not None
         try:
-            self._frontend.send_multipart([sender, *protocol.unroutable_notice(header, route)], zmq.NOBLOCK)
+            self._frontend.send_multipart([sender, *protocol.unroutable_notice(header, route)], NOBLOCK)
         except zmq.ZMQError as exc:  # the sender is gone too, or at its high-water mark
             self.drops.drop("unroutable notice undeliverable", f"to {_short(sender)}: {exc}")
 
@@ -411,7 +411,7 @@ class CentralProxy(_Proxy):
         server, header, route, topic, body = frames
         assert self._frontend is not None
         try:
-            self._frontend.send_multipart([route, header, server, topic, body], zmq.NOBLOCK)
+            self._frontend.send_multipart([route, header, server, topic, body], NOBLOCK)
         except zmq.Again:
             self.drops.drop("frontend queue full", f"client {_short(route)} at its high-water mark")
             return
@@ -608,11 +608,11 @@ class LocalPublisher(_Proxy):
         assert self._xpub is not None and self._xsub is not None
         for _ in range(BATCH):
             try:
-                frames = self._xpub.recv_multipart(zmq.NOBLOCK)
+                frames = self._xpub.recv_multipart(NOBLOCK)
             except zmq.Again:
                 return
             try:
-                self._xsub.send_multipart(frames, zmq.NOBLOCK)
+                self._xsub.send_multipart(frames, NOBLOCK)
             except zmq.ZMQError as exc:
                 self.drops.drop("subscription not forwarded", str(exc))
                 continue
@@ -625,7 +625,7 @@ class LocalPublisher(_Proxy):
         assert self._xpub is not None and self._xsub is not None
         for _ in range(BATCH):
             try:
-                frames = self._xsub.recv_multipart(zmq.NOBLOCK)
+                frames = self._xsub.recv_multipart(NOBLOCK)
             except zmq.Again:
                 return
             # A published message is [subscription, header, sender, topic, body].
@@ -637,7 +637,7 @@ class LocalPublisher(_Proxy):
                 self.drops.drop("oversized", f"{size} bytes (rpc_zmq_max_message_size {self._max_size})")
                 continue
             try:
-                self._xpub.send_multipart(frames, zmq.NOBLOCK)
+                self._xpub.send_multipart(frames, NOBLOCK)
             except zmq.ZMQError as exc:
                 self.drops.drop("publish failed", str(exc))
                 continue

@@ -1,36 +1,53 @@
 """The RPC server: the one place where a message is delivered to application code.
 
-A server binds a ROUTER in the configured port range, registers its topics (bare and directed) in the
-matchmaker, and dispatches every valid request on a bounded thread pool (``rpc_thread_pool_size``). When
-the pool is full it stops reading, so back-pressure reaches the senders through the high-water marks
-instead of an unbounded queue. Replies go back on the connection the request came in on.
+A server takes requests on one ROUTER (bound in the configured port range, or connected to the proxies),
+registers its topics (bare and directed) in the matchmaker, and runs every valid request on one of at
+most ``rpc_thread_pool_size`` workers. Requests reach the workers and replies leave them through libzmq
+alone: a ``zmq.proxy`` device in C between the ROUTER and an inproc DEALER, and a socket per worker. No
+Python queue or I/O thread sits on the path. Under eventlet the workers are green threads with green
+sockets, and the device runs on a real OS thread (:mod:`zmqrpc.green`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-import queue
 import threading
 import time
 import traceback
-from collections import OrderedDict, deque
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from zmqrpc import protocol
-from zmqrpc.ioloop import IOLoop
+from zmqrpc import green, protocol
 from zmqrpc.matchmaker import MatchMaker, Registrar, RoutingCache, create_matchmaker
 from zmqrpc.protocol import Envelope, MessageType
-from zmqrpc.sockets import CLOSE_LINGER_MS, SocketFactory, new_routing_id, sync_connections, tcp_endpoint
+from zmqrpc.sockets import (
+    CLOSE_LINGER_MS,
+    NOBLOCK,
+    SocketFactory,
+    new_routing_id,
+    send_frames,
+    sync_connections,
+)
 
 LOG = logging.getLogger(__name__)
 
 # How often a server re-reads which proxies and publishers exist (from its cached matchmaker view).
 SYNC_INTERVAL = 1.0
+# How often a stopping device's leftovers are drained while it ends.
+DRAIN_INTERVAL = 0.01
+# A request waiting at a worker that has run one call this long is taken back and dealt again.
+RESCUE_AFTER = 0.02
+# On stop, how often the wake-up message is sent again to workers that have not ended yet.
+WORKER_WAKE_INTERVAL = 0.05
+# On stop, time for the device to forward the replies the last workers sent.
+REPLY_FLUSH_GRACE = 0.05
 
 NOTIFICATION_PRIORITIES = ("audit", "debug", "info", "warn", "warning", "error", "critical", "sample")
 
@@ -106,93 +123,34 @@ def describe_failure(exc: BaseException) -> dict[str, str]:
     }
 
 
-class WorkerPool:
-    """Up to ``size`` worker threads fed by a SimpleQueue, started as load needs them.
-
-    Cheaper per task than ThreadPoolExecutor.submit (no Future per message). The server bounds how many
-    tasks are in flight, so the queue never holds more than ``size``.
-    """
-
-    def __init__(self, size: int, name: str) -> None:
-        self.size = size
-        self.name = name
-        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._threads: list[threading.Thread] = []
-        self._idle = 0
-        self._lock = threading.Lock()
-
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._idle == 0 and len(self._threads) < self.size:
-            with self._lock:
-                if len(self._threads) < self.size:
-                    thread = threading.Thread(
-                        target=self._run, name=f"{self.name}-{len(self._threads)}", daemon=True
-                    )
-                    self._threads.append(thread)
-                    thread.start()
-        self._queue.put((fn, args))
-
-    def shutdown(self) -> None:
-        """Let queued tasks finish, then stop every worker."""
-        with self._lock:
-            threads = list(self._threads)
-        for _ in threads:
-            self._queue.put(None)
-        for thread in threads:
-            thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                self._idle += 1
-            task = self._queue.get()
-            with self._lock:
-                self._idle -= 1
-            if task is None:
-                return
-            fn, args = task
-            try:
-                fn(*args)
-            except Exception:  # _work handles its own errors; this only guards the worker itself
-                LOG.exception("%s: task failed", self.name)
-
-
-@dataclass
-class _ReplyPath:
-    """Where a reply or ack to one request goes: a socket, its identity prefix, and the route frame."""
-
-    sock: zmq.Socket
-    prefix: list[bytes]
-    route: bytes
-
-
 class DuplicateFilter:
     """Message ids seen within ``rpc_message_ttl`` seconds, with the reply each call got.
 
     Used only for messages that ask for acks: a sender that missed an ack resends, and the resend must
-    neither run again nor go unanswered.
+    neither run again nor go unanswered. Workers share it, so it locks.
     """
 
     def __init__(self, ttl: float, limit: int = 100_000) -> None:
         self.ttl = ttl
         self.limit = limit
         self._seen: OrderedDict[bytes, list[Any]] = OrderedDict()  # msg_id -> [expires, reply or None]
+        self._lock = threading.Lock()
 
     def seen(self, msg_id: bytes, now: float) -> tuple[bool, list[bytes] | None]:
         """(already seen?, the reply it got if finished); records the id when new."""
-        self._expire(now)
-        entry = self._seen.get(msg_id)
-        if entry is not None:
-            return True, entry[1]
-        self._seen[msg_id] = [now + self.ttl, None]
-        return False, None
+        with self._lock:
+            self._expire(now)
+            entry = self._seen.get(msg_id)
+            if entry is not None:
+                return True, entry[1]
+            self._seen[msg_id] = [now + self.ttl, None]
+            return False, None
 
     def remember_reply(self, msg_id: bytes, reply: list[bytes]) -> None:
-        entry = self._seen.get(msg_id)
-        if entry is not None:
-            entry[1] = reply
+        with self._lock:
+            entry = self._seen.get(msg_id)
+            if entry is not None:
+                entry[1] = reply
 
     def _expire(self, now: float) -> None:
         seen = self._seen
@@ -206,14 +164,121 @@ class DuplicateFilter:
         return len(self._seen)
 
 
+class _Device:
+    """``zmq.proxy_steerable`` between two sockets, in C, on a real OS thread.
+
+    The device owns both sockets while it runs. To change a socket's connections (a proxy or publisher
+    came or went), :meth:`reconfigure` stops the device through its control socket, applies the change on
+    the calling thread, and starts it again; messages wait in the sockets' queues meanwhile.
+
+    A device blocks, deaf to its control socket, while it holds a message its backend cannot take (every
+    peer full, or none left). :meth:`close` therefore drains the backend's endpoint until the device ends.
+    """
+
+    def __init__(
+        self,
+        factory: SocketFactory,
+        frontend: zmq.Socket,
+        backend: zmq.Socket,
+        name: str,
+        drain_endpoint: str | None = None,
+    ) -> None:
+        self.name = name
+        self.frontend = frontend
+        self.backend = backend
+        self._factory = factory
+        self._drain_endpoint = drain_endpoint
+        endpoint = f"inproc://zmqrpc-control-{uuid.uuid4().hex}"
+        self._control_in = factory.inproc(zmq.PAIR)
+        self._control_in.bind(endpoint)
+        self._control = factory.inproc(zmq.PAIR)
+        self._control.connect(endpoint)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = green.os_thread(self._run, self.name)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            zmq.proxy_steerable(self.frontend, self.backend, None, self._control_in)
+        except zmq.ContextTerminated:
+            pass
+        except zmq.ZMQError as exc:
+            LOG.error("%s stopped: %s", self.name, exc)
+
+    def stop(self, drain: bool = False) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._control.send(b"TERMINATE")
+            if not (drain and self._drain_endpoint):
+                thread.join()
+                return
+            # Its last peers are gone: take (and drop) what it still forwards, so it reads TERMINATE.
+            sink = self._factory.inproc(zmq.DEALER)
+            sink.connect(self._drain_endpoint)
+            try:
+                while thread.is_alive():
+                    thread.join(DRAIN_INTERVAL)
+                    with contextlib.suppress(zmq.Again):
+                        while True:
+                            sink.recv(NOBLOCK)
+            finally:
+                sink.close(0)
+
+    def reconfigure(self, change: Callable[[], None]) -> None:
+        with self._lock:
+            running = self._thread is not None
+        if running:
+            self.stop()
+        try:
+            change()
+        finally:
+            if running:
+                self.start()
+
+    def close(self) -> None:
+        self.stop(drain=True)
+        self._control.close(0)
+        self._control_in.close(0)
+
+
+class _Worker:
+    """One dispatch thread and the socket it holds: requests arrive and replies leave through libzmq.
+
+    ``busy_with`` is the request being run; another thread (a heartbeat, the rescuer) may use the socket
+    only while it is set, under ``lock``, since the worker itself does not touch the socket until the run
+    ends.
+    """
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.busy_with: bytes | None = None
+        self.busy_since = 0.0
+
+
 class RpcServer:
     """Serves one or more bare topics (and their directed ``topic.<server>`` forms).
 
-    Direct modes bind a ROUTER in the port range and register ``host:port``. With ``use_router_proxy`` the
-    server instead connects one DEALER to each proxy backend and registers its routing id; a reply goes back
-    through the proxy its request came from, the one the caller is known to be connected to. With
-    ``use_pub_sub`` it also subscribes to the publishers (``subscribe_on``, or the proxies the matchmaker
-    knows) for fanout to its bare topics.
+    Every request arrives on one ROUTER, the frontend: bound in the port range (direct modes, registered
+    as ``host:port``), or connected to every proxy backend with the server's routing id as its own
+    (``use_router_proxy``; a reply leaves through the proxy its request came from, since the ROUTER
+    answers on the connection a request arrived on). A ``zmq.proxy`` device in C moves requests from the
+    frontend to an inproc DEALER, which deals them to up to ``rpc_thread_pool_size`` workers, each holding
+    its own DEALER (the zguide's multithreaded server). Workers start as load needs them. With
+    ``use_pub_sub`` a second device feeds published fanout from a SUB socket into the frontend over
+    inproc, so the workers see one stream.
+
+    Back-pressure: the worker sockets hold at most a couple of messages each, so when every worker is
+    busy the device stops reading, and the frontend's high-water mark pushes back on the senders.
+
+    The DEALER deals round robin, so a message can wait at a worker that runs a long call while others
+    are idle. A rescuer thread, awake only while some worker is busy, takes such messages back (under the
+    busy worker's lock) once the call has run RESCUE_AFTER seconds, and feeds them to the frontend again.
     """
 
     def __init__(
@@ -251,17 +316,27 @@ class RpcServer:
         self._proxies = RoutingCache(self.matchmaker, opts.rpc_zmq_cache_refresh)
         self._duplicates = DuplicateFilter(opts.rpc_message_ttl)
         self._sockets = SocketFactory(opts, context)
-        self._inbound: zmq.Socket | None = None  # direct modes: the ROUTER bound in the port range
-        self._backends: dict[str, zmq.Socket] = {}  # through proxies: one DEALER per proxy backend
-        self._sub: zmq.Socket | None = None
-        self._open = False  # sockets exist (between start and close, on the I/O thread)
+        uid = uuid.uuid4().hex
+        self._frontend_inproc = f"inproc://zmqrpc-front-{uid}"
+        self._workers_inproc = f"inproc://zmqrpc-workers-{uid}"
+        # Published fanout enters the frontend from this routing id; no remote peer can guess it.
+        self._published_id = b"zmqrpc-published-" + uid.encode()
+        self._wake_id = b"zmqrpc-wake-" + uid.encode()  # and the stop wake-up from this one
+        self._rescue_id = b"zmqrpc-rescued-" + uid.encode()  # and requests taken back from busy workers
+        self._worker_states: list[_Worker] = []
+        self._busy = 0
+        self._busy_event = threading.Event()
+        self._rescuer: threading.Thread | None = None
+        self._front: _Device | None = None
+        self._published: _Device | None = None
+        self._backends: set[str] = set()  # proxy backends the frontend is connected to
         self._publishers: set[str] = set()
-        self._executor: WorkerPool | None = None
-        self._loop = IOLoop(f"zmqrpc-server-{self.topics[0]}")
-        self._finished: deque[tuple[_ReplyPath | None, list[bytes] | None, bytes, bool]] = deque()
-        self._in_flight = 0
-        self._reading = True
-        self._next_sync = 0.0
+        self._workers: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._running = False
+        self._stop_sync = threading.Event()
+        self._sync_thread: threading.Thread | None = None
         self.address = ""
         self.port = 0
         self.drops = protocol.DropCounter(f"server {self.server} ({','.join(self.topics)})")
@@ -270,29 +345,51 @@ class RpcServer:
 
     def start(self) -> RpcServer:
         """Bind or connect, register in the matchmaker and start serving; returns self."""
-        if self._via_proxy:
-            self.address = new_routing_id(self.server)  # the DEALERs are made as the backends become known
-            self._proxies.lookup(protocol.PROXY_BACKENDS)  # first lookup: known (and refreshed) from now on
-        else:
-            inbound = self._sockets.router()
-            try:
-                self.port = self._sockets.bind_in_range(inbound)
-            except BaseException:
-                inbound.close(0)
-                raise
-            self.address = f"{self.settings.zmq.advertise_host}:{self.port}"
-            self._inbound = inbound
-        self._open = True
+        factory = self._sockets
+        frontend = factory.router(mandatory=False)
+        try:
+            if self._via_proxy:
+                self.address = new_routing_id(self.server)
+                frontend.setsockopt(zmq.ROUTING_ID, self.address.encode())
+                self._proxies.lookup(
+                    protocol.PROXY_BACKENDS
+                )  # first lookup: known (and refreshed) from now on
+            else:
+                self.port = factory.bind_in_range(frontend)
+                self.address = f"{self.settings.zmq.advertise_host}:{self.port}"
+            frontend.bind(self._frontend_inproc)
+        except BaseException:
+            frontend.close(0)
+            raise
+        # At most a message or two waits at each worker, so a busy worker holds up little.
+        backend = factory.inproc(zmq.DEALER, hwm=1)
+        backend.bind(self._workers_inproc)
+        self._front = _Device(
+            factory, frontend, backend, f"zmqrpc-device-{self.topics[0]}", drain_endpoint=self._workers_inproc
+        )
         if self._pub_sub:
-            self._sub = self._sockets.subscriber()
+            sub = factory.subscriber()
             for topic in self.topics:
-                self._sub.setsockopt(zmq.SUBSCRIBE, protocol.subscription(topic))
+                sub.setsockopt(zmq.SUBSCRIBE, protocol.subscription(topic))
+            feed = factory.inproc(zmq.DEALER)
+            feed.setsockopt(zmq.ROUTING_ID, self._published_id)
+            feed.connect(self._frontend_inproc)
+            self._published = _Device(factory, sub, feed, f"zmqrpc-published-{self.topics[0]}")
             if not self.settings.zmq.subscribe_on:
                 self._proxies.lookup(protocol.PROXY_PUBLISHERS)
-        self._executor = WorkerPool(self._pool_size, f"zmqrpc-{self.topics[0]}")
-        self._loop.submit(self._watch_sockets)
-        self._loop.add_ticker(self._sync_connections)
-        self._loop.start()
+        self._running = True
+        self._sync_connections()
+        self._front.start()
+        if self._published is not None:
+            self._published.start()
+        self._add_worker()
+        self._rescuer = threading.Thread(target=self._rescue_loop, name=f"zmqrpc-rescue-{self.topics[0]}")
+        self._rescuer.daemon = True
+        self._rescuer.start()
+        self._sync_thread = threading.Thread(
+            target=self._sync_loop, name=f"zmqrpc-sync-{self.topics[0]}", daemon=True
+        )
+        self._sync_thread.start()
         for topic in sorted(self._serving):
             self._registrar.add(topic, self.address)
         if self._pub_sub:
@@ -310,20 +407,55 @@ class RpcServer:
         self._registrar.close()
 
     def stop(self) -> None:
-        """Unregister, stop reading, finish running requests, close the sockets."""
+        """Unregister, stop taking requests, finish running ones (their replies go out), close."""
         self._registrar.close()
-        if self._executor is not None:
-            # Nothing read from now on, so nothing is handed to the executor after its shutdown.
-            stopped = threading.Event()
-            self._loop.submit(functools.partial(self._stop_reading, stopped))
-            stopped.wait(2.0)
+        self._stop_sync.set()
+        if self._sync_thread is not None:
+            self._sync_thread.join()
+        # Published fanout stops first, while the workers still take what it forwards.
+        if self._published is not None:
+            self._close_device(self._published)
+        self._running = False
+        self._busy_event.set()  # the rescuer sees the stop
+        if self._rescuer is not None:
+            self._rescuer.join()
+        self._stop_workers()
+        if self._front is not None:
+            time.sleep(REPLY_FLUSH_GRACE)  # the device forwards the last replies
+            self._close_device(self._front)
+        self._front = self._published = None
         self._proxies.close()
         if self._owns_matchmaker:
             self.matchmaker.close()
-        if self._executor is not None:
-            self._executor.shutdown()
-        self._loop.submit(self._close)
-        self._loop.stop()
+
+    @staticmethod
+    def _close_device(device: _Device) -> None:
+        device.close()
+        device.frontend.close(CLOSE_LINGER_MS)
+        device.backend.close(CLOSE_LINGER_MS)
+
+    def _stop_workers(self) -> None:
+        """Wake every worker so it sees the server stopping; a busy one ends its request first.
+
+        Workers block on their sockets with no timeout (an idle server costs no wake-ups), so the wake-up
+        is a message, sent into the frontend over inproc like published fanout. The DEALER deals it to a
+        worker with room in its queue, so it is sent again until every worker has gone.
+        """
+        with self._lock:
+            workers = list(self._workers)
+        if self._front is None or not workers:
+            return
+        waker = self._sockets.inproc(zmq.DEALER)
+        waker.setsockopt(zmq.ROUTING_ID, self._wake_id)
+        waker.connect(self._frontend_inproc)
+        try:
+            while alive := [worker for worker in workers if worker.is_alive()]:
+                for _ in alive:
+                    with contextlib.suppress(zmq.Again):
+                        waker.send(b"", NOBLOCK)
+                alive[0].join(WORKER_WAKE_INTERVAL)
+        finally:
+            waker.close(0)
 
     def __enter__(self) -> RpcServer:
         return self.start()
@@ -331,31 +463,30 @@ class RpcServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # ------------------------------------------------------------------ I/O thread
-    def _watch_sockets(self) -> None:
-        if self._inbound is not None:
-            self._loop.watch(self._inbound, zmq.POLLIN, self._on_inbound)
-        if self._sub is not None:
-            self._loop.watch(self._sub, zmq.POLLIN, self._on_published)
-        self._sync_connections(0.0)
+    # ------------------------------------------------------------------ connections
+    def _sync_loop(self) -> None:
+        while not self._stop_sync.wait(SYNC_INTERVAL):
+            try:
+                self._sync_connections()
+            except Exception:  # the next round tries again; serving goes on meanwhile
+                LOG.exception("server %s: cannot follow the proxies", self.server)
 
-    def _sync_connections(self, now: float) -> None:
+    def _sync_connections(self) -> None:
         """Follow the proxies the matchmaker knows: connect to new ones, drop those that are gone."""
-        if now < self._next_sync:
-            return
-        self._next_sync = now + SYNC_INTERVAL
-        if self._via_proxy and self._open:
-            backends = self._proxies.lookup_cached(protocol.PROXY_BACKENDS)
-            if not backends and not self._backends:
+        if self._via_proxy and self._front is not None:
+            backends = set(self._proxies.lookup_cached(protocol.PROXY_BACKENDS))
+            if not backends:
                 _warn_once(
                     LOG,
                     "use_router_proxy = true but no proxy backend is registered yet (%s)",
                     protocol.PROXY_BACKENDS,
                 )
-            self._sync_backends(set(backends))
-        if self._sub is not None:
-            publishers = self.settings.zmq.subscribe_on or self._proxies.lookup_cached(
-                protocol.PROXY_PUBLISHERS
+            if backends != self._backends:
+                front = self._front
+                self._front.reconfigure(lambda: sync_connections(front.frontend, self._backends, backends))
+        if self._published is not None:
+            publishers = set(
+                self.settings.zmq.subscribe_on or self._proxies.lookup_cached(protocol.PROXY_PUBLISHERS)
             )
             if not publishers:
                 _warn_once(
@@ -364,126 +495,103 @@ class RpcServer:
                     "nothing is registered under %s): fanout cannot reach this server",
                     protocol.PROXY_PUBLISHERS,
                 )
-            sync_connections(self._sub, self._publishers, publishers)
+            if publishers != self._publishers:
+                published = self._published
+                published.reconfigure(
+                    lambda: sync_connections(published.frontend, self._publishers, publishers)
+                )
 
-    def _sync_backends(self, wanted: set[str]) -> None:
-        """One DEALER per proxy backend: a reply must leave through the proxy its request came from.
+    # ------------------------------------------------------------------ workers
+    def _add_worker(self) -> None:
+        """Start one more worker unless the pool is full (called with room to spare, or when none is idle)."""
+        with self._lock:
+            if len(self._workers) >= self._pool_size or not self._running:
+                return
+            self._idle += 1  # counted idle from now, so two busy workers do not both start one
+            thread = threading.Thread(
+                target=self._work, name=f"zmqrpc-{self.topics[0]}-{len(self._workers)}", daemon=True
+            )
+            self._workers.append(thread)
+        thread.start()
 
-        With one DEALER connected to every proxy, replies went out round robin, and a proxy the caller
-        had not finished connecting to dropped the reply (the caller's identity unknown there).
-        """
-        for address in sorted(wanted - self._backends.keys()):
-            sock = self._sockets.dealer(identity=self.address)
-            sock.connect(tcp_endpoint(address))
-            self._backends[address] = sock
-            self._loop.watch(sock, zmq.POLLIN, functools.partial(self._on_backend, sock))
-            if not self._may_read():
-                self._loop.set_flags(sock, 0)
-        for address in sorted(self._backends.keys() - wanted):
-            sock = self._backends.pop(address)
-            self._loop.unwatch(sock)
-            sock.close(CLOSE_LINGER_MS)
+    def _work(self) -> None:
+        sock = self._sockets.blocking(zmq.DEALER)
+        sock.setsockopt(zmq.RCVHWM, 1)
+        sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        sock.connect(self._workers_inproc)
+        worker = _Worker(sock)
+        with self._lock:
+            self._worker_states.append(worker)
+        try:
+            while True:
+                frames = sock.recv_multipart()
+                if not self._running:
+                    break  # stopping: whatever arrives now is not taken (it was not acked either)
+                with self._lock:
+                    self._idle -= 1
+                    grow = self._idle == 0
+                if grow:
+                    self._add_worker()
+                try:
+                    self._handle(worker, frames)
+                except Exception:  # nothing one message does may take a worker away
+                    LOG.exception("server %s: unexpected error handling a message", self.server)
+                with self._lock:
+                    self._idle += 1
+                    self.processed += 1
+        except zmq.ZMQError as exc:
+            if self._running:
+                LOG.error("server %s: worker socket failed, worker stops: %s", self.server, exc)
+        finally:
+            sock.close()
 
-    def _readers(self) -> list[zmq.Socket]:
-        """Every socket requests arrive on."""
-        sockets = [*self._backends.values()]
-        sockets += [sock for sock in (self._inbound, self._sub) if sock is not None]
-        return sockets
-
-    def _may_read(self) -> bool:
-        return self._reading and self._in_flight < self._pool_size
-
-    def _close(self) -> None:
-        self._drain_finished()
-        self._open = False
-        for sock in self._readers():
-            self._loop.unwatch(sock)
-            sock.close(CLOSE_LINGER_MS)
-        self._inbound = self._sub = None
-        self._backends.clear()
-
-    def _stop_reading(self, done: threading.Event) -> None:
-        self._reading = False
-        for sock in self._readers():
-            self._loop.set_flags(sock, 0)
-        done.set()
-
-    def _pause_if_full(self) -> None:
-        if self._in_flight >= self._pool_size:
-            # Pool full: stop reading until a worker finishes (back-pressure through the HWM).
-            for sock in self._readers():
-                self._loop.set_flags(sock, 0)
-
-    def _on_inbound(self, flags: int) -> None:
-        sock = self._inbound
-        assert sock is not None
-        # [identity, header, route, topic, body]; replies go back on the caller's connection.
-        self._read(sock, lambda f: self._accept(f[1:], _ReplyPath(sock, [f[0]], b""), f[0].hex()))
-
-    def _on_backend(self, sock: zmq.Socket, flags: int) -> None:
-        # [header, route = the caller's id, topic, body]; the reply leaves through this same proxy.
-        self._read(
-            sock, lambda f: self._accept(f, _ReplyPath(sock, [], f[1] if len(f) > 1 else b""), "proxy")
-        )
-
-    def _on_published(self, flags: int) -> None:
-        assert self._sub is not None
-        # [subscription, header, route = the publisher's id for the caller, topic, body]
-        self._read(self._sub, lambda f: self._accept(f[1:], None, "publisher"))
-
-    def _read(self, sock: zmq.Socket, accept: Callable[[list[bytes]], None]) -> None:
-        """Hand each waiting message to ``accept`` while the worker pool has room."""
-        while self._in_flight < self._pool_size:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            accept(frames)
-        self._pause_if_full()
-
-    def _accept(self, payload: list[bytes], reply_to: _ReplyPath | None, peer: str) -> None:
+    def _handle(self, worker: _Worker, frames: list[bytes]) -> None:
+        """Check one message, ack it if asked, run it, and send the reply on the worker's socket."""
+        if frames[0] == self._rescue_id:
+            frames = frames[1:]  # taken back from a busy worker: the message as that worker got it
+        peer = frames[0]
+        if peer == self._published_id:
+            # [subscription, header, route = the publisher's id for the caller, topic, body]
+            payload, prefix, source = frames[2:], None, "publisher"
+        else:
+            # [header, route, topic, body]; a reply goes back on the caller's connection (or proxy).
+            payload, prefix, source = frames[1:], peer, "proxy" if self._via_proxy else peer.hex()
         try:
             env = protocol.decode(payload, self._max_size)
         except protocol.ProtocolError as exc:
-            self.drops.drop(exc.reason, exc.detail, peer)
+            self.drops.drop(exc.reason, exc.detail, source)
             return
         if env.type in (MessageType.REPLY, MessageType.ACK, MessageType.UNROUTABLE, MessageType.HEARTBEAT):
-            self.drops.drop("unexpected type", env.type.name, peer)
+            self.drops.drop("unexpected type", env.type.name, source)
             return
         if env.topic not in self._serving:
-            self.drops.drop("wrong topic", env.topic, peer)
+            self.drops.drop("wrong topic", env.topic, source)
             return
-        if reply_to is None and env.type is not MessageType.FANOUT:
-            self.drops.drop("unexpected type", f"{env.type.name} on the subscriber socket", peer)
+        if prefix is None and env.type is not MessageType.FANOUT:
+            self.drops.drop("unexpected type", f"{env.type.name} on the subscriber socket", source)
             return
-        acked = env.wants_ack and reply_to is not None
+        acked = env.wants_ack and prefix is not None
         if acked:
-            assert reply_to is not None
-            self._send(
-                reply_to,
-                protocol.encode(
-                    MessageType.ACK, "", {}, self._serializer, msg_id=env.msg_id, route=reply_to.route
-                ),
+            assert prefix is not None
+            ack = protocol.encode(
+                MessageType.ACK, "", {}, self._serializer, msg_id=env.msg_id, route=env.route
             )
+            self._send(worker, prefix, ack)
             duplicate, reply = self._duplicates.seen(env.msg_id, time.monotonic())
             if duplicate:
                 # A resend after a lost ack: never run it twice; answer a finished call again.
                 self.duplicates += 1
                 if reply is not None:
-                    self._send(reply_to, reply)
+                    self._send(worker, prefix, reply)
                 return
-        self._in_flight += 1
-        assert self._executor is not None
-        self._executor.submit(self._work, reply_to, env, acked)
-
-    def _work(self, reply_to: _ReplyPath | None, env: Envelope, acked: bool) -> None:
-        """Worker thread: run the request, frame the reply for a call, hand it to the I/O thread."""
-        heartbeat = None
-        if env.type is MessageType.CALL and reply_to is not None:
-            heartbeat = functools.partial(self._heartbeat, reply_to, env.msg_id)
+        calls = env.type is MessageType.CALL and prefix is not None
+        heartbeat = functools.partial(self._heartbeat, worker, prefix, env) if prefix and calls else None
         request = Request(
             env.type, env.topic, env.body["context"], env.body["message"], env.msg_id, heartbeat
         )
+        with worker.lock:
+            worker.busy_with, worker.busy_since = env.msg_id, time.monotonic()
+        self._count_busy(1)
         try:
             result = self.dispatcher(request)
             body: dict[str, Any] = {"result": result}
@@ -491,22 +599,78 @@ class RpcServer:
             if env.type is not MessageType.CALL:
                 LOG.exception("%s on topic %r failed", env.type.name.lower(), env.topic)
             body = {"failure": describe_failure(exc)}
-        reply = None
-        if env.type is MessageType.CALL and reply_to is not None:
-            reply = self._frame_reply(env, body, reply_to.route)
-        self._finished.append((reply_to, reply, env.msg_id, acked))
-        self._loop.submit(self._drain_finished)
+        finally:
+            with worker.lock:
+                worker.busy_with = None
+            self._count_busy(-1)
+        if not calls:
+            return
+        assert prefix is not None
+        reply = self._frame_reply(env, body)
+        if acked:
+            self._duplicates.remember_reply(env.msg_id, reply)
+        self._send(worker, prefix, reply)
 
-    def _frame_reply(self, env: Envelope, body: dict[str, Any], route: bytes) -> list[bytes]:
+    def _count_busy(self, change: int) -> None:
+        with self._lock:
+            self._busy += change
+            if self._busy:
+                self._busy_event.set()
+            else:
+                self._busy_event.clear()
+
+    def _rescue_loop(self) -> None:
+        """While some worker is busy, take back what waits at workers that have run a call for a while."""
+        feed = self._sockets.inproc(zmq.DEALER)
+        feed.setsockopt(zmq.ROUTING_ID, self._rescue_id)
+        feed.connect(self._frontend_inproc)
+        try:
+            while True:
+                self._busy_event.wait()
+                if not self._running:
+                    return
+                time.sleep(RESCUE_AFTER)
+                for frames in self._take_back():
+                    feed.send_multipart(frames)  # the frontend deals it again, to a worker with room
+        finally:
+            feed.close(0)
+
+    def _take_back(self) -> list[list[bytes]]:
+        with self._lock:
+            workers = list(self._worker_states)
+            room = self._idle > 0 or len(self._workers) < self._pool_size
+        if not room or not self._running:
+            return []  # every worker is busy: the messages wait where they are (back-pressure)
+        stuck_since = time.monotonic() - RESCUE_AFTER
+        taken: list[list[bytes]] = []
+        for worker in workers:
+            if worker.busy_with is None or worker.busy_since > stuck_since:
+                continue
+            with worker.lock:
+                while worker.busy_with is not None:
+                    try:
+                        frames = worker.sock.recv_multipart(NOBLOCK)
+                    except zmq.Again:
+                        break
+                    # Taken back before: strip the old mark, the frontend adds it again.
+                    taken.append(frames[1:] if frames[0] == self._rescue_id else frames)
+        if taken:
+            with self._lock:
+                grow = self._idle == 0
+            if grow:
+                self._add_worker()
+        return taken
+
+    def _frame_reply(self, env: Envelope, body: dict[str, Any]) -> list[bytes]:
         def frame(content: dict[str, Any]) -> list[bytes]:
             return protocol.encode(
-                MessageType.REPLY, "", content, self._serializer, msg_id=env.msg_id, route=route
+                MessageType.REPLY, "", content, self._serializer, msg_id=env.msg_id, route=env.route
             )
 
         try:
             frames = frame(body)
-        except (TypeError, ValueError) as exc:
-            frames = frame({"failure": describe_failure(TypeError(f"result cannot be serialized: {exc}"))})
+        except Exception as exc:  # TypeError, OverflowError, RecursionError...: the caller learns why
+            frames = frame({"failure": describe_failure(TypeError(f"result cannot be serialized: {exc!r}"))})
         if sum(len(f) for f in frames) > self._max_size:
             frames = frame(
                 {
@@ -517,39 +681,20 @@ class RpcServer:
             )
         return frames
 
-    def _heartbeat(self, reply_to: _ReplyPath, msg_id: bytes) -> None:
+    def _heartbeat(self, worker: _Worker, prefix: bytes, env: Envelope) -> None:
+        """Tell the caller the call still runs (any thread; only while the worker runs this call)."""
         frames = protocol.encode(
-            MessageType.HEARTBEAT, "", {}, self._serializer, msg_id=msg_id, route=reply_to.route
+            MessageType.HEARTBEAT, "", {}, self._serializer, msg_id=env.msg_id, route=env.route
         )
-        self._loop.submit(functools.partial(self._send_if_open, reply_to, frames))
+        with worker.lock:
+            if worker.busy_with == env.msg_id:
+                self._send(worker, prefix, frames)
 
-    def _send_if_open(self, reply_to: _ReplyPath, frames: list[bytes]) -> None:
-        if self._open:
-            self._send(reply_to, frames)
-
-    def _send(self, reply_to: _ReplyPath, frames: list[bytes]) -> None:
+    def _send(self, worker: _Worker, prefix: bytes, frames: list[bytes]) -> None:
         try:
-            reply_to.sock.send_multipart([*reply_to.prefix, *frames], zmq.NOBLOCK, copy=False)
+            send_frames(worker.sock, [prefix, *frames])
         except zmq.Again:
-            self.drops.drop("reply queue full", "caller's high-water mark reached", reply_to.route.hex())
-        except zmq.ZMQError as exc:
-            # EHOSTUNREACH with ROUTER_MANDATORY: the caller disconnected before its reply.
-            self.drops.drop("unroutable reply", str(exc), (reply_to.prefix or [reply_to.route])[0].hex())
-
-    def _drain_finished(self) -> None:
-        finished = self._finished
-        while finished:
-            reply_to, reply, msg_id, acked = finished.popleft()
-            self._in_flight -= 1
-            self.processed += 1
-            if reply is None or reply_to is None or not self._open:
-                continue
-            if acked:
-                self._duplicates.remember_reply(msg_id, reply)
-            self._send(reply_to, reply)
-        if self._may_read():
-            for sock in self._readers():
-                self._loop.set_flags(sock, zmq.POLLIN)
+            self.drops.drop("reply queue full", "the server's outgoing queue is full", prefix.hex())
 
 
 _warned: set[str] = set()

@@ -13,12 +13,29 @@ from typing import Any
 
 import zmq
 
+from zmqrpc import green
+
 LOG = logging.getLogger(__name__)
 
 # Dynamic (per-message) sockets must never linger forever on a dead host (old driver bugs 1658913, 1663459).
 DEFAULT_DYNAMIC_LINGER_MS = 1000
 # On shutdown nothing may block on an unreachable peer, whatever zmq_linger says.
 CLOSE_LINGER_MS = 1000
+# zmq.NOBLOCK as a plain int: pyzmq ORs the flags once per frame, and an enum's __or__ is a visible cost
+# on the hot path. (Sends copy: for frames of a few KB a copy is cheaper than a zero-copy Frame object.)
+NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE) | NOBLOCK
+
+
+def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """``sock.send_multipart(frames, NOBLOCK)`` with int flags (raises zmq.Again when it would block).
+
+    libzmq queues a multipart message whole or not at all, so once the first frame went, the rest go.
+    """
+    send = sock.send
+    for frame in frames[:-1]:
+        send(frame, _MORE)
+    send(frames[-1], NOBLOCK)
 
 
 class PortRangeExhausted(RuntimeError):
@@ -71,12 +88,17 @@ class SocketFactory:
         sock.setsockopt(zmq.IPV6, 1)
         return sock
 
-    def dealer(self, dynamic: bool = False, identity: str | None = None) -> zmq.Socket:
+    def dealer(
+        self, dynamic: bool = False, identity: str | None = None, blocking: bool = False
+    ) -> zmq.Socket:
         """A DEALER; with zmq_immediate, messages only queue on completed connections.
 
-        ``identity`` gives it a routing id that is the same on every proxy it connects to.
+        ``identity`` gives it a routing id that is the same on every proxy it connects to. A ``blocking``
+        one is for a caller's thread to wait on (green under eventlet).
         """
-        sock = self._configure(self.context.socket(zmq.DEALER), dynamic)
+        sock = self._configure(
+            self.blocking(zmq.DEALER) if blocking else self.context.socket(zmq.DEALER), dynamic
+        )
         if self.opts.zmq_immediate or dynamic:
             sock.setsockopt(zmq.IMMEDIATE, 1)
         if identity is not None:
@@ -98,11 +120,28 @@ class SocketFactory:
         """A local publisher's upstream side, connected to the central publishers."""
         return self._configure(self.context.socket(zmq.XSUB))
 
-    def router(self) -> zmq.Socket:
-        """A ROUTER that reports unroutable messages (EHOSTUNREACH) instead of dropping them silently."""
+    def router(self, mandatory: bool = True) -> zmq.Socket:
+        """A ROUTER; ``mandatory`` reports unroutable messages (EHOSTUNREACH) instead of dropping them.
+
+        A ROUTER that a ``zmq.proxy`` device owns must not be mandatory: the device stops on any send error.
+        """
         sock = self._configure(self.context.socket(zmq.ROUTER))
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if mandatory:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         return sock
+
+    def inproc(self, socket_type: int, hwm: int = 0) -> zmq.Socket:
+        """A plain socket for an inproc endpoint inside this process (``hwm`` 0: the default)."""
+        sock = self.context.socket(socket_type)
+        sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        if hwm:
+            sock.setsockopt(zmq.SNDHWM, hwm)
+            sock.setsockopt(zmq.RCVHWM, hwm)
+        return sock
+
+    def blocking(self, socket_type: int) -> zmq.Socket:
+        """A socket the calling thread may block on: green under eventlet, plain otherwise."""
+        return green.socket_class()(self.context, socket_type)
 
     def bind_in_range(self, sock: zmq.Socket) -> int:
         """Bind to a random port in rpc_zmq_min_port..rpc_zmq_max_port (max exclusive); return the port."""

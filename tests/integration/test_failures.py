@@ -154,6 +154,24 @@ def test_bounded_pool_limits_concurrent_dispatch(redis_server) -> None:
         bus.close()
 
 
+def test_a_long_call_holds_up_no_other_request(redis_server) -> None:
+    """Workers take requests round robin; one that waits at a worker busy with a long call is dealt again."""
+    bus = Bus(redis_server.url, "static")
+    try:
+        bus.server("127.0.0.2", topics=["slow"], rpc_thread_pool_size=8)
+        client = bus.client()
+        client.call("slow", "whoami", timeout=5)
+        long_calls = [client.call_async("slow", "sleep", {"seconds": 3}, timeout=10) for _ in range(2)]
+        time.sleep(0.2)
+        started = time.monotonic()
+        quick = [client.call_async("slow", "whoami", timeout=10) for _ in range(20)]
+        assert [client.wait(f, 10) for f in quick] == ["127.0.0.2"] * 20
+        assert time.monotonic() - started < 1.5, "quick calls waited behind the long ones"
+        assert [client.wait(f, 10) for f in long_calls] == ["127.0.0.2"] * 2
+    finally:
+        bus.close()
+
+
 def test_each_notification_pool_gets_one_copy_shared_by_its_listeners(redis_server) -> None:
     bus = Bus(redis_server.url, "static")
     listeners = {"127.0.0.2": None, "127.0.0.3": "audit", "127.0.0.4": "audit", "127.0.0.5": "billing"}
