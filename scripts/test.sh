@@ -30,6 +30,13 @@ fi
 stage "unit, integration and module tests"
 .venv/bin/pytest -q -p no:cacheprovider tests
 
+# The same integration and oslo tests again with every test process eventlet-patched (tests/__init__.py),
+# as nova-compute and most OpenStack services run: the green core must pass what the threading one does.
+stage "integration and oslo tests, eventlet-patched"
+ZMQRPC_TEST_EVENTLET=1 .venv/bin/pytest -q -p no:cacheprovider -W ignore::DeprecationWarning \
+    tests/integration/test_direct.py tests/integration/test_proxy_topologies.py \
+    tests/integration/test_failures.py tests/oslo/test_topologies.py
+
 stage "oslo.messaging's functional suite, every topology"
 scripts/oslo-functional.sh
 
