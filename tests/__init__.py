@@ -6,8 +6,10 @@ The same tests then prove the green core as well as the threading one; proxies s
 """
 
 import os
+import warnings
 
 if os.environ.get("ZMQRPC_TEST_EVENTLET") == "1":
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     import eventlet
 
     eventlet.monkey_patch()

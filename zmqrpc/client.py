@@ -26,7 +26,9 @@ import contextlib
 import functools
 import itertools
 import logging
+import threading
 import time
+import zlib
 from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -46,7 +48,6 @@ from zmqrpc.sockets import (
     SocketFactory,
     new_routing_id,
     send_frames,
-    sync_connections,
     tcp_endpoint,
 )
 
@@ -60,8 +61,12 @@ MAX_DYNAMIC_LINKS = 256
 MAX_WAITING = 100_000
 # How often the client re-reads which proxies exist (from its cached matchmaker view).
 SYNC_INTERVAL = 1.0
+# A proxy frontend with no live connection within zmq_connect_timeout is not chosen for this long.
+PROXY_HOLD_DOWN = 10.0
 # Idle caller sockets kept per peer: about the number of threads that call one server at once.
 MAX_IDLE_PER_PEER = 64
+# How long a caller's new socket may take to connect before its message goes to the I/O thread instead.
+CONNECT_GRACE = 0.05
 
 
 @dataclass
@@ -94,6 +99,7 @@ class _Link:
         self.awaiting: dict[bytes, float] = {}  # dynamic: msg_id -> when to stop waiting for reply/ack
         self.failover: list[str] = []  # dynamic: other workers to connect to if the first is slow
         self.failover_at = 0.0
+        self.down_until = 0.0  # a proxy link that found no live connection: not chosen until then
 
 
 class RpcClient:
@@ -126,8 +132,11 @@ class RpcClient:
         self._links: set[_Link] = set()  # every open link (I/O thread only)
         self._dynamic_links = 0
         self._waiting: deque[tuple[list[str], _Outgoing]] = deque()  # dynamic: for a free socket
-        self._proxy_link: _Link | None = None
-        self._frontends: set[str] = set()
+        # Through proxies: one DEALER per proxy frontend, all with the same routing id. Messages to one
+        # server always take the same live proxy, so they arrive in the order sent (two proxies forward
+        # independently); a reply may come back through any of them.
+        self._proxy_links: dict[str, _Link] = {}
+        self._proxy_identity = ""
         self._next_sync = 0.0
         self._warned: set[str] = set()
         self.drops = protocol.DropCounter("client")
@@ -144,7 +153,7 @@ class RpcClient:
             # Proxies are found through the matchmaker; this first lookup makes the cache follow them.
             if not self.routes.lookup(protocol.PROXY_FRONTENDS):
                 self._warn(f"no proxy is registered under {protocol.PROXY_FRONTENDS} yet")
-            self._loop.submit(self._open_proxy_link)
+            self._loop.submit(self._open_proxy_links)
         self._loop.start()
 
     # ------------------------------------------------------------------ public API (any thread)
@@ -393,15 +402,9 @@ class RpcClient:
         self._submit_route(ordered, out)
 
     def _send_direct(self, dest: str, frames: list[bytes]) -> bool:
-        """Send a one-way message on the caller's own socket; False when the I/O thread must take it
-        (no caller sockets in this mode, or no live connection to ``dest`` yet)."""
-        if self._pool is None:
-            return False
-        sock = self._pool.send(dest, frames)
-        if sock is None:
-            return False
-        self._pool.put(dest, sock)
-        return True
+        """Send a one-way message from the caller's thread; False when the I/O thread must take it
+        (no caller sockets in this mode, or no live connection to ``dest``)."""
+        return self._pool is not None and self._pool.send_oneway(dest, frames)
 
     def _start_call(
         self, frames: list[bytes], target: str, ordered: list[str], reroutable: bool, timeout: float
@@ -483,8 +486,11 @@ class RpcClient:
         dest = candidates[0]
         if self._via_proxy:
             out.frames = protocol.readdress(out.frames, route=dest.encode())
-            link = self._proxy_link
-            assert link is not None
+            proxy = self._proxy_link_for(dest)
+            if proxy is None:
+                self._defer_or_fail(out, "no proxy frontend is registered")
+                return
+            link = proxy
         elif self._dynamic:
             if self._dynamic_links >= MAX_DYNAMIC_LINKS:
                 # Bounded sockets (the old driver "ate too many TCP sockets"): wait for one to close.
@@ -518,9 +524,21 @@ class RpcClient:
             self._route(*self._waiting.popleft())
 
     def _send_published(self, out: _Outgoing) -> None:
-        assert self._proxy_link is not None
-        self._proxy_link.outbox.append(out)
-        self._flush(self._proxy_link)
+        link = self._proxy_link_for(out.topic)
+        if link is None:
+            self._fail(out, "no proxy frontend is registered")
+            return
+        link.outbox.append(out)
+        self._flush(link)
+
+    def _proxy_link_for(self, key: str) -> _Link | None:
+        """The proxy link for messages to ``key``: the same one while the set of live proxies stays."""
+        if not self._proxy_links:
+            return None
+        now = time.monotonic()
+        links = [self._proxy_links[a] for a in sorted(self._proxy_links)]
+        live = [link for link in links if link.down_until <= now] or links
+        return live[zlib.crc32(key.encode()) % len(live)]
 
     def _open_link(self, addresses: list[str], dynamic: bool, identity: str | None = None) -> _Link:
         sock = self._sockets.dealer(dynamic=dynamic, identity=identity)
@@ -532,19 +550,29 @@ class RpcClient:
         self._loop.watch(sock, zmq.POLLIN, functools.partial(self._on_events, link))
         return link
 
-    def _open_proxy_link(self) -> None:
-        host = self._opts.rpc_zmq_host
-        self._proxy_link = self._open_link([], dynamic=False, identity=new_routing_id(f"client-{host}"))
+    def _open_proxy_links(self) -> None:
+        self._proxy_identity = new_routing_id(f"client-{self._opts.rpc_zmq_host}")
         self._sync_proxies(0.0)
 
     def _sync_proxies(self, now: float) -> None:
-        if self._proxy_link is None or now < self._next_sync:
+        """Follow the proxy frontends the matchmaker knows: a link for each new one, none for gone ones."""
+        if not self._proxy_identity or now < self._next_sync:
             return
         self._next_sync = now + SYNC_INTERVAL
-        sync_connections(
-            self._proxy_link.sock, self._frontends, self.routes.lookup_cached(protocol.PROXY_FRONTENDS)
-        )
-        self._proxy_link.addresses = sorted(self._frontends)
+        wanted = set(self.routes.lookup_cached(protocol.PROXY_FRONTENDS))
+        for address in sorted(wanted - self._proxy_links.keys()):
+            self._proxy_links[address] = self._open_link(
+                [address], dynamic=False, identity=self._proxy_identity
+            )
+        for address in sorted(self._proxy_links.keys() - wanted):
+            link = self._proxy_links.pop(address)
+            stuck = list(link.outbox)
+            self._close_link(link)
+            for out in stuck:  # not sent yet: another proxy takes it
+                if out.dest:
+                    self._route([out.dest], out)
+                else:
+                    self._send_published(out)
 
     def _close_link(self, link: _Link) -> None:
         if link not in self._links:
@@ -745,15 +773,23 @@ class RpcClient:
             self._connect_timeout,
             len(stuck),
         )
-        if link is not self._proxy_link:
+        via_proxy = link in self._proxy_links.values()
+        if via_proxy:
+            # Held out of the choice for a while; what waited on it goes through another proxy.
+            link.down_until = time.monotonic() + PROXY_HOLD_DOWN
+        else:
             for address in link.addresses:
                 self.routes.forget_address(address)
             self._close_link(link)
         for out in stuck:
-            if link is self._proxy_link:
-                self._defer_or_fail(out, "no proxy frontend is reachable")
-            else:
+            if not via_proxy:
                 self._retry_elsewhere(out, f"no live server at {','.join(sorted(out.tried))}")
+            elif self._proxy_link_for(out.dest or out.topic) in (None, link):
+                self._defer_or_fail(out, "no proxy frontend is reachable")
+            elif out.dest:
+                self._route([out.dest], out)
+            else:
+                self._send_published(out)
 
     def _close_all(self) -> None:
         for link in list(self._links):
@@ -783,32 +819,37 @@ def _result(body: dict[str, Any]) -> Any:
 
 
 class _CallerSockets:
-    """DEALERs that caller threads check out, one at a time each, for a call or a cast to one peer.
+    """The sockets caller threads send on directly, in static direct mode without acks.
 
-    A call then sends and waits on a socket its own thread holds. Sockets are kept between uses (static
-    direct keeps its connections), at most MAX_IDLE_PER_PEER idle per peer.
+    * A call checks a DEALER to its server out of a per-peer pool, sends, and waits for the reply on it:
+      the socket is its thread's alone meanwhile. At most MAX_IDLE_PER_PEER idle sockets are kept per peer
+      (static direct keeps its connections).
+    * One-way messages (cast, fanout copies, notifications) share one DEALER per peer, under a lock held
+      only for the send, so what one client sends a server arrives in the order it was sent.
+
+    A new socket gets CONNECT_GRACE to complete its connection (ZMQ_IMMEDIATE); after that the message
+    goes to the I/O thread, which waits zmq_connect_timeout and reroutes or fails it.
     """
 
     def __init__(self, factory: SocketFactory) -> None:
         self._factory = factory
         self._idle: dict[str, list[zmq.Socket]] = {}
+        self._oneway: dict[str, tuple[threading.Lock, zmq.Socket]] = {}
+        self._oneway_lock = threading.Lock()
         self._closed = False
 
     def send(self, dest: str, frames: list[bytes]) -> zmq.Socket | None:
-        """Send on a socket to ``dest`` and return it (checked out); None if it has no live connection
-        yet (ZMQ_IMMEDIATE), in which case the caller lets the I/O thread deliver."""
+        """Send a call on a socket to ``dest`` and return it, checked out; None if it has no live
+        connection within CONNECT_GRACE (the socket is kept for next time)."""
         idle = self._idle.get(dest)
         try:
             sock = idle.pop() if idle else None
         except IndexError:  # another thread took the last one
             sock = None
         if sock is None:
-            sock = self._factory.dealer(blocking=True)
-            sock.connect(tcp_endpoint(dest))
-        try:
-            send_frames(sock, frames)
-        except zmq.Again:
-            self.put(dest, sock)  # connected by next time, most likely
+            sock = self._new(dest)
+        if not _send_when_connected(sock, frames):
+            self.put(dest, sock)
             return None
         return sock
 
@@ -819,8 +860,45 @@ class _CallerSockets:
         else:
             idle.append(sock)
 
+    def send_oneway(self, dest: str, frames: list[bytes]) -> bool:
+        """Send a one-way message on the peer's shared socket; False if it has no live connection."""
+        entry = self._oneway.get(dest)
+        if entry is None:
+            with self._oneway_lock:
+                entry = self._oneway.get(dest)
+                if entry is None:
+                    entry = self._oneway[dest] = (threading.Lock(), self._new(dest))
+        lock, sock = entry
+        with lock:
+            return not self._closed and _send_when_connected(sock, frames)
+
+    def _new(self, dest: str) -> zmq.Socket:
+        sock = self._factory.dealer(blocking=True)
+        sock.connect(tcp_endpoint(dest))
+        return sock
+
     def close(self) -> None:
         self._closed = True
         for idle in self._idle.values():
             while idle:
                 idle.pop().close(CLOSE_LINGER_MS)
+        with self._oneway_lock:
+            entries, self._oneway = list(self._oneway.values()), {}
+        for lock, sock in entries:
+            with lock:
+                sock.close(CLOSE_LINGER_MS)
+
+
+def _send_when_connected(sock: zmq.Socket, frames: list[bytes]) -> bool:
+    """Send now, or as soon as the socket has a live connection, within CONNECT_GRACE."""
+    deadline = time.monotonic() + CONNECT_GRACE
+    pause = 0.001
+    while True:
+        try:
+            send_frames(sock, frames)
+            return True
+        except zmq.Again:
+            if time.monotonic() + pause > deadline:
+                return False
+            time.sleep(pause)  # green under eventlet
+            pause = min(pause * 2, CONNECT_GRACE / 4)

@@ -267,7 +267,7 @@ def _client(top: Topology, proxies: int, servers: int, caller: bool, costs: Cost
     conns = 0
     transient = 0
     if top.proxied:
-        links += 1  # one DEALER connected to every proxy frontend
+        links += proxies  # a DEALER per proxy frontend (messages to one server keep to one proxy)
         conns += proxies
     if not top.router_proxy and caller:
         if top.dynamic:

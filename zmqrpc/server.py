@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from zmqrpc import green, protocol
 from zmqrpc.matchmaker import MatchMaker, Registrar, RoutingCache, create_matchmaker
@@ -269,7 +270,8 @@ class RpcServer:
     (``use_router_proxy``; a reply leaves through the proxy its request came from, since the ROUTER
     answers on the connection a request arrived on). A ``zmq.proxy`` device in C moves requests from the
     frontend to an inproc DEALER, which deals them to up to ``rpc_thread_pool_size`` workers, each holding
-    its own DEALER (the zguide's multithreaded server). Workers start as load needs them. With
+    its own DEALER (the zguide's multithreaded server). One worker runs everything, in the order it
+    arrives, until a call runs longer than RESCUE_AFTER; then more workers start as load needs them. With
     ``use_pub_sub`` a second device feeds published fanout from a SUB socket into the frontend over
     inproc, so the workers see one stream.
 
@@ -277,8 +279,9 @@ class RpcServer:
     busy the device stops reading, and the frontend's high-water mark pushes back on the senders.
 
     The DEALER deals round robin, so a message can wait at a worker that runs a long call while others
-    are idle. A rescuer thread, awake only while some worker is busy, takes such messages back (under the
-    busy worker's lock) once the call has run RESCUE_AFTER seconds, and feeds them to the frontend again.
+    are idle. A rescuer thread, awake only while some worker is busy, starts a worker when all are busy
+    and one call has run RESCUE_AFTER seconds, takes back (under the busy worker's lock) what waits at such
+    workers, and feeds it to the frontend again.
     """
 
     def __init__(
@@ -378,7 +381,10 @@ class RpcServer:
             if not self.settings.zmq.subscribe_on:
                 self._proxies.lookup(protocol.PROXY_PUBLISHERS)
         self._running = True
-        self._sync_connections()
+        if self._via_proxy:
+            self._connect_to_proxies(frontend)
+        else:
+            self._sync_connections()
         self._front.start()
         if self._published is not None:
             self._published.start()
@@ -400,6 +406,32 @@ class RpcServer:
                 self._registrar.add(protocol.pools_topic(topic), f"{self.address}|{self.pool}")
         LOG.info("serving %s on %s", ", ".join(sorted(self._serving)), self.address)
         return self
+
+    def _connect_to_proxies(self, frontend: zmq.Socket) -> None:
+        """Connect to the known proxy backends and wait (up to zmq_connect_timeout) until each has
+        completed its handshake, so that no proxy meets this server's routing id before it knows it.
+        Registering first let a client's first messages come back unroutable from a proxy."""
+        monitor = frontend.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            self._sync_connections()
+            pending = len(self._backends)
+            deadline = time.monotonic() + float(self.settings.zmq.zmq_connect_timeout)
+            while pending and (left := deadline - time.monotonic()) > 0:
+                if green.poll([(monitor, zmq.POLLIN)], int(left * 1000) + 1):
+                    recv_monitor_message(monitor)
+                    pending -= 1
+            if pending:
+                LOG.warning(
+                    "server %s: %d proxy backend(s) of %s did not answer within %s s "
+                    "(zmq_connect_timeout); serving anyway",
+                    self.server,
+                    pending,
+                    ",".join(sorted(self._backends)),
+                    self.settings.zmq.zmq_connect_timeout,
+                )
+        finally:
+            frontend.disable_monitor()
+            monitor.close(0)
 
     def unregister(self) -> None:
         """Remove this server from the matchmaker now but keep serving (a graceful drain: clients stop
@@ -529,9 +561,6 @@ class RpcServer:
                     break  # stopping: whatever arrives now is not taken (it was not acked either)
                 with self._lock:
                     self._idle -= 1
-                    grow = self._idle == 0
-                if grow:
-                    self._add_worker()
                 try:
                     self._handle(worker, frames)
                 except Exception:  # nothing one message does may take a worker away
@@ -636,16 +665,23 @@ class RpcServer:
             feed.close(0)
 
     def _take_back(self) -> list[list[bytes]]:
-        with self._lock:
-            workers = list(self._worker_states)
-            room = self._idle > 0 or len(self._workers) < self._pool_size
-        if not room or not self._running:
-            return []  # every worker is busy: the messages wait where they are (back-pressure)
+        """Add a worker when all are busy and one has run a call for RESCUE_AFTER, and take back what
+        waits at such workers (they do not read while they run)."""
         stuck_since = time.monotonic() - RESCUE_AFTER
+        with self._lock:
+            stuck = [
+                w for w in self._worker_states if w.busy_with is not None and w.busy_since <= stuck_since
+            ]
+            all_busy = self._idle == 0
+        if not stuck or not self._running:
+            return []
+        if all_busy:
+            self._add_worker()  # nothing when the pool is full
+        with self._lock:
+            if self._idle == 0:
+                return []  # every worker is busy: the messages wait where they are (back-pressure)
         taken: list[list[bytes]] = []
-        for worker in workers:
-            if worker.busy_with is None or worker.busy_since > stuck_since:
-                continue
+        for worker in stuck:
             with worker.lock:
                 while worker.busy_with is not None:
                     try:
@@ -654,11 +690,6 @@ class RpcServer:
                         break
                     # Taken back before: strip the old mark, the frontend adds it again.
                     taken.append(frames[1:] if frames[0] == self._rescue_id else frames)
-        if taken:
-            with self._lock:
-                grow = self._idle == 0
-            if grow:
-                self._add_worker()
         return taken
 
     def _frame_reply(self, env: Envelope, body: dict[str, Any]) -> list[bytes]:

@@ -172,6 +172,23 @@ def test_a_long_call_holds_up_no_other_request(redis_server) -> None:
         bus.close()
 
 
+def test_casts_from_one_client_arrive_in_the_order_sent(redis_server) -> None:
+    """Including the first ones, sent while the connection to the server is still being made. (Dynamic
+    mode makes a connection per message, so it cannot keep order.)"""
+    bus = Bus(redis_server.url, "static")
+    try:
+        bus.server("127.0.0.2", topics=["ordered"])
+        client = bus.client()
+        for n in range(300):
+            client.cast("ordered", "record", {"tag": n})
+        seen = wait_for(
+            lambda: (got := client.call("ordered", "seen", timeout=10)) and len(got) == 300 and got
+        )
+        assert seen == list(range(300))
+    finally:
+        bus.close()
+
+
 def test_each_notification_pool_gets_one_copy_shared_by_its_listeners(redis_server) -> None:
     bus = Bus(redis_server.url, "static")
     listeners = {"127.0.0.2": None, "127.0.0.3": "audit", "127.0.0.4": "audit", "127.0.0.5": "billing"}
