@@ -175,11 +175,8 @@ class RpcClient:
         NoRouteError when no server is registered for the topic. With ``monitor`` (call monitoring) it
         also gives up when neither the reply nor a server heartbeat came for ``monitor`` seconds.
         """
-        _check_timeout(timeout, topic)
-        target = f"{topic}.{server}" if server else topic
-        ordered = self._pick(target, self._hosts(target, True))
-        msg_id = protocol.new_msg_id()
-        frames = self._frame(MessageType.CALL, target, _body(method, args, context), msg_id)
+        target, ordered, frames = self._prepare_call(topic, method, args, timeout, context, server)
+        msg_id = frames[0][protocol.MSG_ID_OFFSET :]
         if self._pool is not None:
             sock = self._pool.send(ordered[0], frames)
             if sock is not None:
@@ -205,11 +202,25 @@ class RpcClient:
         While the server runs the call it may send heartbeats (call monitoring): the future's
         ``heartbeat_at`` attribute is then the monotonic time of the last one.
         """
-        _check_timeout(timeout, topic)
+        target, ordered, frames = self._prepare_call(topic, method, args, timeout, context, server)
+        return self._start_call(frames, target, ordered, not server, timeout)
+
+    def _prepare_call(
+        self,
+        topic: str,
+        method: str,
+        args: dict[str, Any] | None,
+        timeout: float,
+        context: dict[str, Any] | None,
+        server: str | None,
+    ) -> tuple[str, list[str], list[bytes]]:
+        """Check the timeout, find the servers in round-robin order and frame the call."""
+        if timeout is None or timeout <= 0:
+            raise ValueError(f"a call needs a positive timeout (got {timeout!r} for topic {topic!r})")
         target = f"{topic}.{server}" if server else topic
         ordered = self._pick(target, self._hosts(target, True))
         frames = self._frame(MessageType.CALL, target, _body(method, args, context), protocol.new_msg_id())
-        return self._start_call(frames, target, ordered, not server, timeout)
+        return target, ordered, frames
 
     def wait(self, future: Future, timeout: float, monitor: float | None = None) -> Any:
         """Wait for a call started with :meth:`call_async`; same errors (and ``monitor``) as :meth:`call`."""
@@ -375,7 +386,7 @@ class RpcClient:
     def _outgoing(
         self, frames: list[bytes], topic: str, future: Future | None, reroutable: bool, wants_ack: bool
     ) -> _Outgoing:
-        msg_id = frames[0][6:]
+        msg_id = frames[0][protocol.MSG_ID_OFFSET :]
         return _Outgoing(frames, topic, msg_id, future, reroutable, wants_ack=wants_ack)
 
     def _send_one(
@@ -411,7 +422,7 @@ class RpcClient:
     ) -> Future:
         """Hand a framed call to the I/O thread; the future completes with the reply's body."""
         future: Future = Future()
-        msg_id = frames[0][6:]
+        msg_id = frames[0][protocol.MSG_ID_OFFSET :]
         future.msg_id = msg_id  # type: ignore[attr-defined]
         self._pending[msg_id] = future
         out = self._outgoing(frames, target, future, reroutable, self._acks)
@@ -437,7 +448,7 @@ class RpcClient:
                 frames = sock.recv_multipart()
             except zmq.Again:
                 continue
-            if len(frames) != protocol.FRAME_COUNT or frames[0][6:] != msg_id:
+            if len(frames) != protocol.FRAME_COUNT or frames[0][protocol.MSG_ID_OFFSET :] != msg_id:
                 continue  # a late answer to an earlier call on this socket, which gave up on it
             try:
                 env = protocol.decode(frames, self._max_size)
@@ -799,11 +810,6 @@ class RpcClient:
 
 def _body(method: str, args: dict[str, Any] | None, context: dict[str, Any] | None) -> dict[str, Any]:
     return {"message": {"method": method, "args": args or {}}, "context": context or {}}
-
-
-def _check_timeout(timeout: float, topic: str) -> None:
-    if timeout is None or timeout <= 0:
-        raise ValueError(f"a call needs a positive timeout (got {timeout!r} for topic {topic!r})")
 
 
 def _result(body: dict[str, Any]) -> Any:

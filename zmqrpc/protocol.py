@@ -45,6 +45,7 @@ LOG = logging.getLogger(__name__)
 MAGIC = b"ZR"
 VERSION = 1
 HEADER = struct.Struct("!2sBBBB16s")
+MSG_ID_OFFSET = 6  # the message id is the header's last 16 bytes
 FRAME_COUNT = 4
 MAX_TOPIC_LENGTH = 255
 
@@ -231,7 +232,7 @@ def readdress(frames: list[bytes], msg_id: bytes | None = None, route: bytes | N
     """A copy of framed message with another message id and/or route (the body is not re-serialized)."""
     header, old_route, topic, body = frames
     if msg_id is not None:
-        header = header[:6] + msg_id
+        header = header[:MSG_ID_OFFSET] + msg_id
     return [header, old_route if route is None else route, topic, body]
 
 
