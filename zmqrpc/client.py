@@ -63,6 +63,8 @@ MAX_WAITING = 100_000
 SYNC_INTERVAL = 1.0
 # A proxy frontend with no live connection within zmq_connect_timeout is not chosen for this long.
 PROXY_HOLD_DOWN = 10.0
+# While messages wait for a first proxy frontend, the matchmaker is asked this often.
+NO_PROXY_LOOKUP_INTERVAL = 0.1
 # Idle caller sockets kept per peer: about the number of threads that call one server at once.
 MAX_IDLE_PER_PEER = 64
 # How long a caller's new socket may take to connect before its message goes to the I/O thread instead.
@@ -137,6 +139,8 @@ class RpcClient:
         # independently); a reply may come back through any of them.
         self._proxy_links: dict[str, _Link] = {}
         self._proxy_identity = ""
+        # Messages that came before any proxy frontend was known: (give up at, message).
+        self._no_proxy: deque[tuple[float, _Outgoing]] = deque()
         self._next_sync = 0.0
         self._warned: set[str] = set()
         self.drops = protocol.DropCounter("client")
@@ -499,7 +503,7 @@ class RpcClient:
             out.frames = protocol.readdress(out.frames, route=dest.encode())
             proxy = self._proxy_link_for(dest)
             if proxy is None:
-                self._defer_or_fail(out, "no proxy frontend is registered")
+                self._wait_for_a_proxy(out)
                 return
             link = proxy
         elif self._dynamic:
@@ -537,10 +541,32 @@ class RpcClient:
     def _send_published(self, out: _Outgoing) -> None:
         link = self._proxy_link_for(out.topic)
         if link is None:
-            self._fail(out, "no proxy frontend is registered")
+            self._wait_for_a_proxy(out)
             return
         link.outbox.append(out)
         self._flush(link)
+
+    def _wait_for_a_proxy(self, out: _Outgoing) -> None:
+        """No proxy frontend known yet: hold the message up to zmq_connect_timeout, looking them up."""
+        now = time.monotonic()
+        self._no_proxy.append((now + self._connect_timeout, out))
+        self._next_sync = min(self._next_sync, now + NO_PROXY_LOOKUP_INTERVAL)
+
+    def _resend_or_expire_waiting(self, now: float) -> None:
+        waiting, self._no_proxy = self._no_proxy, deque()
+        for give_up_at, out in waiting:
+            if self._proxy_links:
+                if out.dest:
+                    self._route([out.dest], out)
+                else:
+                    self._send_published(out)
+            elif now >= give_up_at:
+                if out.dest:
+                    self._defer_or_fail(out, "no proxy frontend is registered")
+                else:
+                    self._fail(out, "no proxy frontend is registered")
+            else:
+                self._no_proxy.append((give_up_at, out))
 
     def _proxy_link_for(self, key: str) -> _Link | None:
         """The proxy link for messages to ``key``: the same one while the set of live proxies stays."""
@@ -569,8 +595,11 @@ class RpcClient:
         """Follow the proxy frontends the matchmaker knows: a link for each new one, none for gone ones."""
         if not self._proxy_identity or now < self._next_sync:
             return
-        self._next_sync = now + SYNC_INTERVAL
+        self._next_sync = now + (NO_PROXY_LOOKUP_INTERVAL if self._no_proxy else SYNC_INTERVAL)
         wanted = set(self.routes.lookup_cached(protocol.PROXY_FRONTENDS))
+        if not wanted and self._no_proxy:  # messages wait: ask the matchmaker, not the cache
+            self.routes.invalidate(protocol.PROXY_FRONTENDS)
+            wanted = set(self.routes.lookup(protocol.PROXY_FRONTENDS))
         for address in sorted(wanted - self._proxy_links.keys()):
             self._proxy_links[address] = self._open_link(
                 [address], dynamic=False, identity=self._proxy_identity
@@ -727,6 +756,8 @@ class RpcClient:
 
     def _on_tick(self, now: float) -> None:
         self._sync_proxies(now)
+        if self._no_proxy:
+            self._resend_or_expire_waiting(now)
         for link in list(self._links):
             if link.failover and link.outbox and now >= link.failover_at:
                 # The chosen worker did not accept the connection quickly: let the others race for it.

@@ -43,6 +43,9 @@ LOG = logging.getLogger(__name__)
 SYNC_INTERVAL = 1.0
 # How often a stopping device's leftovers are drained while it ends.
 DRAIN_INTERVAL = 0.01
+# Messages that may wait at one worker: enough that the device hands over batches instead of waking for
+# every message; a request that waits behind a long call is taken back by the rescuer.
+WORKER_QUEUE = 32
 # A request waiting at a worker that has run one call this long is taken back and dealt again.
 RESCUE_AFTER = 0.02
 # On stop, how often the wake-up message is sent again to workers that have not ended yet.
@@ -275,8 +278,9 @@ class RpcServer:
     ``use_pub_sub`` a second device feeds published fanout from a SUB socket into the frontend over
     inproc, so the workers see one stream.
 
-    Back-pressure: the worker sockets hold at most a couple of messages each, so when every worker is
-    busy the device stops reading, and the frontend's high-water mark pushes back on the senders.
+    Back-pressure: at most WORKER_QUEUE messages wait at each worker, so when every worker is busy and
+    its queue full the device stops reading, and the frontend's high-water mark pushes back on the
+    senders.
 
     The DEALER deals round robin, so a message can wait at a worker that runs a long call while others
     are idle. A rescuer thread, awake only while some worker is busy, starts a worker when all are busy
@@ -364,8 +368,7 @@ class RpcServer:
         except BaseException:
             frontend.close(0)
             raise
-        # At most a message or two waits at each worker, so a busy worker holds up little.
-        backend = factory.inproc(zmq.DEALER, hwm=1)
+        backend = factory.inproc(zmq.DEALER, hwm=WORKER_QUEUE)
         backend.bind(self._workers_inproc)
         self._front = _Device(
             factory, frontend, backend, f"zmqrpc-device-{self.topics[0]}", drain_endpoint=self._workers_inproc
@@ -548,7 +551,7 @@ class RpcServer:
 
     def _work(self) -> None:
         sock = self._sockets.blocking(zmq.DEALER)
-        sock.setsockopt(zmq.RCVHWM, 1)
+        sock.setsockopt(zmq.RCVHWM, WORKER_QUEUE)
         sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
         sock.connect(self._workers_inproc)
         worker = _Worker(sock)
