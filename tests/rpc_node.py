@@ -41,6 +41,15 @@ class TestEndpoint:
     def fail(self, ctxt: dict, message: str) -> None:
         raise KeyError(message)
 
+    def big(self, ctxt: dict) -> int:
+        return 2**64  # a uuid.int: msgpack cannot pack it
+
+    def deep(self, ctxt: dict) -> list:
+        nested: list = []
+        for _ in range(5000):  # deeper than any encoder recurses
+            nested = [nested]
+        return nested
+
     def sleep(self, ctxt: dict, seconds: float) -> str:
         with self.lock:
             self.running += 1

@@ -13,7 +13,7 @@ from tests.procs import ServerProcess
 from tests.servers import RedisServer, wait_for
 from zmqrpc import client as client_module
 from zmqrpc import protocol
-from zmqrpc.errors import CallTimeout
+from zmqrpc.errors import CallTimeout, RemoteError
 from zmqrpc.protocol import MessageType
 
 pytestmark = pytest.mark.integration
@@ -168,6 +168,22 @@ def test_a_long_call_holds_up_no_other_request(redis_server) -> None:
         assert [client.wait(f, 10) for f in quick] == ["127.0.0.2"] * 20
         assert time.monotonic() - started < 1.5, "quick calls waited behind the long ones"
         assert [client.wait(f, 10) for f in long_calls] == ["127.0.0.2"] * 2
+    finally:
+        bus.close()
+
+
+def test_replies_that_cannot_be_framed_fail_the_call_and_the_server_keeps_serving(redis_server) -> None:
+    """Before, each OverflowError or RecursionError while framing a reply leaked a worker slot: after
+    rpc_thread_pool_size of them the server answered nothing."""
+    bus = Bus(redis_server.url, "static")
+    try:
+        bus.server("127.0.0.2", topics=["framing"], rpc_thread_pool_size=4, rpc_zmq_serialization="msgpack")
+        client = bus.client(rpc_zmq_serialization="msgpack")
+        for method, cause in (("big", "Overflow"), ("deep", "(?i)recursion")):
+            for _ in range(30):
+                with pytest.raises(RemoteError, match=cause):
+                    client.call("framing", method, timeout=5)
+        assert client.call("framing", "whoami", timeout=5) == "127.0.0.2"
     finally:
         bus.close()
 
