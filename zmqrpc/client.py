@@ -68,7 +68,7 @@ NO_PROXY_LOOKUP_INTERVAL = 0.1
 # Idle caller sockets kept per peer: about the number of threads that call one server at once.
 MAX_IDLE_PER_PEER = 64
 # How long a caller's new socket may take to connect before its message goes to the I/O thread instead.
-CONNECT_GRACE = 0.05
+CONNECT_GRACE = 0.25
 
 
 @dataclass
