@@ -377,9 +377,7 @@ class RpcServer:
             sub = factory.subscriber()
             for topic in self.topics:
                 sub.setsockopt(zmq.SUBSCRIBE, protocol.subscription(topic))
-            feed = factory.inproc(zmq.DEALER)
-            feed.setsockopt(zmq.ROUTING_ID, self._published_id)
-            feed.connect(self._frontend_inproc)
+            feed = self._frontend_feed(self._published_id)
             self._published = _Device(factory, sub, feed, f"zmqrpc-published-{self.topics[0]}")
             if not self.settings.zmq.subscribe_on:
                 self._proxies.lookup(protocol.PROXY_PUBLISHERS)
@@ -463,6 +461,14 @@ class RpcServer:
         if self._owns_matchmaker:
             self.matchmaker.close()
 
+    def _frontend_feed(self, identity: bytes) -> zmq.Socket:
+        """A DEALER that puts messages into this server's own frontend, marked with ``identity`` (published
+        fanout, requests taken back from a busy worker, the stop wake-up): workers tell them apart by it."""
+        feed = self._sockets.inproc(zmq.DEALER)
+        feed.setsockopt(zmq.ROUTING_ID, identity)
+        feed.connect(self._frontend_inproc)
+        return feed
+
     @staticmethod
     def _close_device(device: _Device) -> None:
         device.close()
@@ -480,9 +486,7 @@ class RpcServer:
             workers = list(self._workers)
         if self._front is None or not workers:
             return
-        waker = self._sockets.inproc(zmq.DEALER)
-        waker.setsockopt(zmq.ROUTING_ID, self._wake_id)
-        waker.connect(self._frontend_inproc)
+        waker = self._frontend_feed(self._wake_id)
         try:
             while alive := [worker for worker in workers if worker.is_alive()]:
                 for _ in alive:
@@ -653,9 +657,7 @@ class RpcServer:
 
     def _rescue_loop(self) -> None:
         """While some worker is busy, take back what waits at workers that have run a call for a while."""
-        feed = self._sockets.inproc(zmq.DEALER)
-        feed.setsockopt(zmq.ROUTING_ID, self._rescue_id)
-        feed.connect(self._frontend_inproc)
+        feed = self._frontend_feed(self._rescue_id)
         try:
             while True:
                 self._busy_event.wait()
