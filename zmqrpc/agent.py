@@ -11,10 +11,13 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zmqrpc import __version__
 from zmqrpc.server import Request, RpcServer
+
+if TYPE_CHECKING:
+    from zmqrpc.config import OptionValues, Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -23,7 +26,7 @@ AGENT_NOTIFICATIONS = "zmqrpc-agent"  # notifications go to zmqrpc-agent.<priori
 RECORD_LIMIT = 1000
 
 
-def topology_name(zmq_opts: Any) -> str:
+def topology_name(zmq_opts: OptionValues) -> str:
     """The deployment guide's name for the configured topology."""
     pub_sub, proxy, dynamic = (
         zmq_opts.use_pub_sub,
@@ -42,7 +45,7 @@ def topology_name(zmq_opts: Any) -> str:
 class AgentEndpoint:
     """What the agent answers. ``record``/``seen`` let a checker prove a cast or fanout arrived once."""
 
-    def __init__(self, settings: Any, host: str) -> None:
+    def __init__(self, settings: Settings, host: str) -> None:
         self.settings = settings
         self.host = host
         self.started = time.monotonic()
@@ -76,7 +79,7 @@ class AgentEndpoint:
 class Agent:
     """The agent's RPC server and its notification listener."""
 
-    def __init__(self, settings: Any, host: str | None = None) -> None:
+    def __init__(self, settings: Settings, host: str | None = None) -> None:
         self.host = host or settings.zmq.rpc_zmq_host
         self.endpoint = AgentEndpoint(settings, self.host)
         self.rpc = RpcServer(settings, AGENT_TOPIC, [self.endpoint], server=self.host)

@@ -15,12 +15,18 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zmqrpc import __version__
 
+if TYPE_CHECKING:
+    from zmqrpc.client import RpcClient
+    from zmqrpc.config import Settings
 
-def _settings(args: argparse.Namespace):  # -> config.Settings
+EXIT_CODES = "exit status: 0 ok, 1 a check failed (ping), 2 an error (the message names it)"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
     from zmqrpc import config
 
     return config.load_settings(url=args.transport_url, config_files=args.config_file or None)
@@ -29,6 +35,16 @@ def _settings(args: argparse.Namespace):  # -> config.Settings
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-file", action="append", help="oslo.config file (repeatable)")
     parser.add_argument("--transport-url", help="overrides [DEFAULT] transport_url")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: expected seconds, e.g. 5") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: must be more than 0 seconds")
+    return value
 
 
 def _cmd_ping(args: argparse.Namespace) -> int:
@@ -60,7 +76,7 @@ def _cmd_ping(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _collect(client: Any, args: argparse.Namespace, hosts: list[str], tag: str) -> dict[str, int]:
+def _collect(client: RpcClient, args: argparse.Namespace, hosts: list[str], tag: str) -> dict[str, int]:
     """How many copies of ``tag`` each host's agent recorded, waiting up to --timeout for them to arrive."""
 
     def count(host: str) -> int:
@@ -93,6 +109,7 @@ def _ping_ok(mode: str, result: dict[str, Any]) -> bool:
 
 
 def _cmd_matchmaker(args: argparse.Namespace) -> int:
+    from zmqrpc.errors import ZmqRpcError
     from zmqrpc.matchmaker import create_matchmaker
 
     matchmaker = create_matchmaker(_settings(args))
@@ -106,7 +123,7 @@ def _cmd_matchmaker(args: argparse.Namespace) -> int:
             print(json.dumps({"purged": matchmaker.purge_expired()}))
         else:
             if not args.topic or not args.address:
-                raise ValueError(f"matchmaker {args.action} needs --topic and --address")
+                raise ZmqRpcError(f"matchmaker {args.action} needs --topic and --address")
             if args.action == "register":
                 matchmaker.register(args.topic, args.address, args.expire)
             else:
@@ -131,22 +148,42 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zmqrpc", description="Brokerless RPC message bus on ZeroMQ")
+    parser = argparse.ArgumentParser(
+        prog="zmqrpc", description="Brokerless RPC message bus on ZeroMQ", epilog=EXIT_CODES
+    )
     parser.add_argument("--version", action="version", version=f"zmqrpc {__version__}")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ping = sub.add_parser(
-        "ping", help="call, cast, fanout or notify the agents; JSON result, exit 1 if not ok"
+        "ping",
+        help="call, cast, fanout or notify the agents; JSON result, exit 1 if not ok",
+        description="Check the bus from this node: call, cast, fanout or notify the node agents "
+        "(zmqrpc agent) and, for cast, fanout and notify, ask the agents what arrived. Prints one JSON "
+        "line with the responder, latency and copies received.",
+        epilog=EXIT_CODES,
     )
     _add_common(ping)
-    ping.add_argument("--topic", default="zmqrpc-agent", help="default: the agents' topic")
+    ping.add_argument(
+        "--topic", default="zmqrpc-agent", help="topic to send to (default: %(default)s, the agents' topic)"
+    )
     ping.add_argument("--server", help="directed to this host's agent")
-    ping.add_argument("--mode", choices=["call", "cast", "fanout", "notify"], default="call")
+    ping.add_argument(
+        "--mode",
+        choices=["call", "cast", "fanout", "notify"],
+        default="call",
+        help="call: one agent answers; cast: one agent records it; fanout: every agent records it once; "
+        "notify: one listener records it (default: %(default)s)",
+    )
     ping.add_argument(
         "--hosts", help="comma list of hosts whose agents must have received a cast/fanout/notify"
     )
-    ping.add_argument("--timeout", type=float, default=5.0)
+    ping.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        help="seconds to wait for the reply, and for copies to arrive (default: %(default)s)",
+    )
     ping.set_defaults(func=_cmd_ping)
 
     mm = sub.add_parser("matchmaker", help="list, register, unregister or purge matchmaker entries")
@@ -163,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     agent.set_defaults(func=_cmd_agent)
 
     proxy = sub.add_parser(
-        "proxy", allow_abbrev=False, help="run a central proxy or a local publisher (same as zmqrpc-proxy)"
+        "proxy",
+        allow_abbrev=False,
+        help="run a central proxy or a local publisher (same as zmqrpc-proxy)",
+        description=PROXY_DESCRIPTION,
+        epilog=PROXY_EXIT_CODES,
     )
     _add_proxy_args(proxy)
     proxy.set_defaults(func=_cmd_proxy)
@@ -224,13 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from zmqrpc.config import ConfigError
     from zmqrpc.errors import ZmqRpcError
-    from zmqrpc.matchmaker import MatchmakerError
 
     try:
         return args.func(args)
-    except (ConfigError, ZmqRpcError, MatchmakerError, ValueError) as exc:
+    except ZmqRpcError as exc:
         print(f"zmqrpc {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -246,6 +285,13 @@ def proxy_main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------------
 
 _PROXY_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+PROXY_DESCRIPTION = (
+    "Run a central proxy (a frontend ROUTER for clients, a backend ROUTER for servers and, with "
+    "--publisher-port or use_pub_sub, a PUB for fanout), or with --local-publisher a local publisher that "
+    "republishes the central publishers on this node. It registers its addresses in the matchmaker of "
+    "[DEFAULT] transport_url. SIGUSR1 logs its counters; SIGTERM or SIGINT stops it."
+)
+PROXY_EXIT_CODES = "exit status: 0 stopped by SIGTERM/SIGINT, 2 bad config or a port in use (one error line)"
 
 
 def _prog_name(default: str) -> str:
@@ -300,7 +346,8 @@ def build_proxy_parser(prog: str = "zmqrpc-proxy") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         allow_abbrev=False,
-        description="zmqrpc proxy: central router/publisher proxy, or a local publisher (--local-publisher)",
+        description=PROXY_DESCRIPTION,
+        epilog=PROXY_EXIT_CODES,
     )
     _add_proxy_args(parser)
     return parser
@@ -310,7 +357,7 @@ def build_proxy_parser(prog: str = "zmqrpc-proxy") -> argparse.ArgumentParser:
 class ProxyOptions:
     """Effective proxy settings: flags over [zmq_proxy_opts] (or [zmq_proxy_opt]) over defaults."""
 
-    settings: Any  # config.Settings
+    settings: Settings
     host: str
     frontend_port: int
     backend_port: int
@@ -366,7 +413,7 @@ def _setup_proxy_logging(debug: bool, log_file: str | None) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
 
 
-def _matchmaker_text(settings: Any) -> str:
+def _matchmaker_text(settings: Settings) -> str:
     if settings.matchmaker in ("redis", "sentinel"):
         hosts = ",".join(f"{h}:{p}" for h, p in settings.redis_hosts)
         return f"{settings.matchmaker} {hosts}"
@@ -378,9 +425,7 @@ def run_proxy(args: argparse.Namespace, prog: str = "zmqrpc-proxy") -> int:
 
     SIGUSR1 logs the counters as ``zmqrpc proxy stats: {json}``; they are logged at exit too.
     """
-    from zmqrpc.config import ConfigError
     from zmqrpc.errors import ZmqRpcError
-    from zmqrpc.matchmaker import MatchmakerError
     from zmqrpc.proxy import CentralProxy, LocalPublisher
 
     log = logging.getLogger("zmqrpc.proxy")
@@ -418,7 +463,7 @@ def run_proxy(args: argparse.Namespace, prog: str = "zmqrpc-proxy") -> int:
                     debug=opts.debug,
                 )
             proxy.start()
-        except (ConfigError, ZmqRpcError, MatchmakerError, ValueError, RuntimeError) as exc:
+        except ZmqRpcError as exc:
             if proxy is not None:
                 proxy.stop()
             return fail(str(exc))

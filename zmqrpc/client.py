@@ -33,7 +33,7 @@ from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -50,6 +50,9 @@ from zmqrpc.sockets import (
     send_frames,
     tcp_endpoint,
 )
+
+if TYPE_CHECKING:
+    from zmqrpc.config import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ class RpcClient:
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         matchmaker: MatchMaker | None = None,
         context: zmq.Context | None = None,
     ) -> None:

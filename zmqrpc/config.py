@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
-import json
 import socket
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
@@ -22,14 +21,13 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from oslo_config import cfg
 
-from zmqrpc.errors import ZmqRpcError
+from zmqrpc.address import DEFAULT_REDIS_PORT, DEFAULT_SENTINEL_PORT, parse_host_port
+from zmqrpc.errors import ConfigError
 
 ZMQ_GROUP = "oslo_messaging_zmq"
 PROXY_GROUP = "zmq_proxy_opts"
 REDIS_GROUP = "matchmaker_redis"
 
-DEFAULT_REDIS_PORT = 6379
-DEFAULT_SENTINEL_PORT = 26379
 DEFAULT_TRANSPORT_URL = "zmq://"
 
 # URL scheme -> matchmaker it selects (None: taken from rpc_zmq_matchmaker).
@@ -46,10 +44,6 @@ _POSITIVE_OPTS = (
     "rpc_zmq_cache_refresh",
     "zmq_target_update",
 )
-
-
-class ConfigError(ZmqRpcError, ValueError):
-    """A configuration value, config file or transport URL is invalid; the message names the culprit."""
 
 
 def _zmq_opt(opt_cls: type[cfg.Opt], name: str, **kwargs: Any) -> cfg.Opt:
@@ -436,36 +430,6 @@ def _strip_quotes(text: str) -> str:
     return text
 
 
-def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """Split ``host:port`` or ``[v6addr]:port``; without a port, use *default_port* or fail."""
-    text = text.strip()
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket:
-            raise ConfigError(f"unclosed '[' in {text!r}")
-        if rest and not rest.startswith(":"):
-            raise ConfigError(f"unexpected {rest!r} after ']' in {text!r}")
-        port_text = rest[1:] if rest else None
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon:
-            host, port_text = text, None
-        elif ":" in host:
-            raise ConfigError(f"IPv6 address in {text!r} must be in brackets, e.g. [::1]:6379")
-    if not host:
-        raise ConfigError(f"empty host in {text!r}")
-    if port_text is None:
-        if default_port is None:
-            raise ConfigError(f"{text!r} has no port, expected host:port")
-        return host, default_port
-    if not port_text.isdigit():
-        raise ConfigError(f"bad port {port_text!r} in {text!r}")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"port {port} out of range 1-65535 in {text!r}")
-    return host, port
-
-
 def parse_transport_url(url: str) -> TransportURL:
     """Parse *url*; raise ConfigError naming the bad part for anything but the supported zmq schemes."""
     text = _strip_quotes(url)
@@ -635,28 +599,6 @@ def load_settings(
     return _build_settings(parsed, zmq, proxy, redis)
 
 
-def load_ring(path: str) -> dict[str, tuple[str, ...]]:
-    """Read a ring file: a JSON object mapping each bare topic to a list of host names."""
-    where = f"ring file {path!r} (rpc_zmq_matchmaker_ringfile)"
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"ring file {path!r} not found (rpc_zmq_matchmaker_ringfile)") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {where}: {exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{where} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(hosts, list) and all(isinstance(h, str) and h for h in hosts) for hosts in data.values()
-    ):
-        raise ConfigError(
-            f"{where} must be a JSON object mapping each topic to a list of host names, "
-            'e.g. {"scheduler": ["sched1", "sched2"]}'
-        )
-    return {topic: tuple(hosts) for topic, hosts in data.items()}
-
-
 def _parse_config_files(conf: cfg.ConfigOpts, config_files: list[str]) -> None:
     try:
         conf(args=[], default_config_files=list(config_files))
@@ -765,8 +707,10 @@ def _build_settings(
     hosts: tuple[tuple[str, int], ...] = ()
     username = password = ringfile = None
     if matchmaker == "ring":
+        from zmqrpc.matchmaker.ring import load_ring  # the ring's one reader; imported late, it needs redis
+
         ringfile = zmq["rpc_zmq_matchmaker_ringfile"]
-        load_ring(ringfile)
+        load_ring(ringfile, zmq["rpc_zmq_min_port"])  # a bad file fails here, naming it
     elif matchmaker in ("redis", "sentinel"):
         hosts, username, password = _redis_endpoint(parsed, matchmaker, redis)
     secrets = frozenset(name for name, opt in _GROUP_OPTS[REDIS_GROUP].items() if opt.secret)

@@ -1,10 +1,64 @@
-"""Exceptions a zmqrpc user can catch. Each message names the topic, address or option involved."""
+"""The error tree: every exception zmqrpc raises derives from :class:`ZmqRpcError`.
+
+Where a builtin fits, it is a mixin (``ConfigError`` is also a ``ValueError``, ``CallTimeout`` a
+``TimeoutError``), so code written against the builtin keeps working. Each message names the topic, address or
+option involved. The modules that raise an error re-export it (``zmqrpc.config.ConfigError``, ...).
+"""
 
 from __future__ import annotations
+
+__all__ = [
+    "BindError",
+    "CallTimeout",
+    "ClientClosed",
+    "ConfigError",
+    "MatchmakerError",
+    "NoRouteError",
+    "NoSuchMethod",
+    "PortRangeExhausted",
+    "ProtocolError",
+    "ProxyError",
+    "RemoteError",
+    "Unreachable",
+    "ZmqRpcError",
+]
 
 
 class ZmqRpcError(Exception):
     """Base class of zmqrpc errors."""
+
+
+class ConfigError(ZmqRpcError, ValueError):
+    """A configuration value, config file or transport URL is invalid; the message names the culprit."""
+
+
+class MatchmakerError(ZmqRpcError):
+    """The matchmaker could not answer; the message names the backend, address and/or topic."""
+
+
+class ProtocolError(ZmqRpcError, ValueError):
+    """A received message broke the envelope rules; ``reason`` is a short, stable label for counting."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class BindError(ZmqRpcError, RuntimeError):
+    """A socket could not bind; the message names the address and the option that set it."""
+
+
+class PortRangeExhausted(BindError):
+    """No free port in rpc_zmq_min_port..rpc_zmq_max_port after rpc_zmq_bind_port_retries attempts."""
+
+
+class ProxyError(ZmqRpcError):
+    """A proxy could not start; the message names the socket, port and option involved."""
+
+
+class NoSuchMethod(ZmqRpcError, AttributeError):
+    """No endpoint has the requested method."""
 
 
 class CallTimeout(ZmqRpcError, TimeoutError):

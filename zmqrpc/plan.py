@@ -27,6 +27,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from zmqrpc.errors import ConfigError
+
 __all__ = [
     "COSTS",
     "DEFAULTS",
@@ -329,16 +331,16 @@ def plan(
     check. ``cores``: predict the fanout for every node sharing that many cores (one machine).
     """
     if topology not in TOPOLOGIES:
-        raise ValueError(f"unknown topology {topology!r}: expected one of {', '.join(TOPOLOGIES)}")
+        raise ConfigError(f"unknown topology {topology!r}: expected one of {', '.join(TOPOLOGIES)}")
     top = TOPOLOGIES[topology]
     if nodes < 1:
-        raise ValueError(f"--nodes must be at least 1 (got {nodes})")
+        raise ConfigError(f"--nodes must be at least 1 (got {nodes})")
     if services_per_node < 1:
-        raise ValueError(f"--services-per-node must be at least 1 (got {services_per_node})")
+        raise ConfigError(f"--services-per-node must be at least 1 (got {services_per_node})")
     if proxies is None:
         proxies = 3 if top.proxied else 0
     if top.proxied and proxies < 1:
-        raise ValueError(f"topology {topology} needs at least one proxy (got --proxies {proxies})")
+        raise ConfigError(f"topology {topology} needs at least one proxy (got --proxies {proxies})")
     if not top.proxied:
         proxies = 0
     servers = nodes * services_per_node

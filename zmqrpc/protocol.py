@@ -40,6 +40,8 @@ from typing import Any
 
 import msgpack
 
+from zmqrpc.errors import ProtocolError
+
 LOG = logging.getLogger(__name__)
 
 MAGIC = b"ZR"
@@ -64,15 +66,6 @@ class MessageType(enum.IntEnum):
 class Flags(enum.IntFlag):
     NONE = 0
     WANTS_ACK = 1
-
-
-class ProtocolError(ValueError):
-    """A received message broke the envelope rules; ``reason`` is a short, stable label for counting."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class Serializer:

@@ -30,15 +30,20 @@ import json
 import logging
 import socket
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from zmqrpc import protocol
-from zmqrpc.errors import ZmqRpcError
+from zmqrpc.address import format_host_port, parse_host_port
+from zmqrpc.errors import BindError, ConfigError, MatchmakerError, ProxyError
 from zmqrpc.ioloop import IOLoop
-from zmqrpc.matchmaker import MatchMaker, MatchmakerError, Registrar, create_matchmaker
+from zmqrpc.matchmaker import MatchMaker, Registrar, create_matchmaker
+from zmqrpc.periodic import PeriodicTask
 from zmqrpc.sockets import CLOSE_LINGER_MS, NOBLOCK, SocketFactory, sync_connections
+
+if TYPE_CHECKING:
+    from zmqrpc.config import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -54,13 +59,9 @@ _MAX_PUBLISH_ROUTE = 1 + protocol.MAX_TOPIC_LENGTH
 _LOCAL_NAMES = frozenset({"localhost", "ip6-localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "*"})
 
 
-class ProxyError(ZmqRpcError):
-    """A proxy could not start; the message names the socket, port and option involved."""
-
-
 def advertised(host: str, port: int) -> str:
     """The ``host:port`` a proxy registers (IPv6 hosts in brackets)."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    return format_host_port(host, port)
 
 
 def _short(ident: bytes) -> str:
@@ -73,7 +74,7 @@ class _Proxy:
 
     kind = "proxy"
 
-    def __init__(self, settings: Any, host: str, debug: bool, context: zmq.Context | None) -> None:
+    def __init__(self, settings: Settings, host: str, debug: bool, context: zmq.Context | None) -> None:
         self.settings = settings
         self.host = host
         self.debug = debug
@@ -101,7 +102,7 @@ class _Proxy:
     def _bind(self, sock: zmq.Socket, what: str, option: str, port: int) -> int:
         try:
             real = self._factory.bind_port(sock, self.bind_address, port)
-        except RuntimeError as exc:
+        except BindError as exc:
             shown = "a random port" if port == 0 else f"port {port}"
             raise ProxyError(
                 f"cannot bind the {what} socket to {shown} (--{option.replace('_', '-')} / "
@@ -183,7 +184,7 @@ class CentralProxy(_Proxy):
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         host: str,
         frontend_port: int = 0,
         backend_port: int = 0,
@@ -446,7 +447,7 @@ class LocalPublisher(_Proxy):
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         host: str,
         publisher_port: int = 0,
         debug: bool = False,
@@ -466,8 +467,14 @@ class LocalPublisher(_Proxy):
         self._xsub: zmq.Socket | None = None
         self._connected: set[str] = set()
         self._upstreams: tuple[str, ...] = ()  # readable from any thread
-        self._refresher: threading.Thread | None = None
-        self._refresh_stop = threading.Event()
+        # Upstream discovery: every refresh_interval, every second at most while no publisher is known.
+        self._refresher = PeriodicTask(
+            "zmqrpc-local-publisher-refresh",
+            self._refresh_once,
+            lambda: self.refresh_interval if self._upstreams else min(1.0, self.refresh_interval),
+            what="local publisher: refreshing central publishers",
+            logger=LOG,
+        )
         self._mm_outage = False
         self.republished = 0
         self.subscription_changes = 0
@@ -500,16 +507,16 @@ class LocalPublisher(_Proxy):
         self._loop.start()
         self._started = True
         if not self.subscribe_on:
-            self._refresher = threading.Thread(
-                target=self._refresh_loop, name="zmqrpc-local-publisher-refresh", daemon=True
-            )
-            self._refresher.start()
+            self._refresher.start(first_delay=0.0)
 
     def _is_self(self, address: str) -> bool:
-        host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit() or int(port) != self.publisher_port:
+        try:
+            host, port = parse_host_port(address)
+        except ConfigError:
             return False
-        host = host.strip("[]").lower()
+        if port != self.publisher_port:
+            return False
+        host = host.lower()
         names = {
             *_LOCAL_NAMES,
             self.host,
@@ -550,24 +557,13 @@ class LocalPublisher(_Proxy):
         }
 
     def _before_loop_stop(self) -> None:
-        self._refresh_stop.set()
-        if self._refresher is not None:
-            self._refresher.join(timeout=5.0)
+        self._refresher.stop(timeout=5.0)
 
     def _shutdown_extra(self) -> None:
         if self._own_mm and self._mm is not None:
             self._mm.close()
 
     # --- upstream discovery (refresher thread) ---
-    def _refresh_loop(self) -> None:
-        wait = 0.0
-        while not self._refresh_stop.wait(wait):
-            try:
-                self._refresh_once()
-            except Exception:  # keep watching whatever the backend does
-                LOG.exception("local publisher: refreshing central publishers failed")
-            wait = self.refresh_interval if self._upstreams else min(1.0, self.refresh_interval)
-
     def _refresh_once(self) -> None:
         assert self._mm is not None
         try:

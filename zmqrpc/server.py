@@ -20,12 +20,13 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from zmqrpc import green, protocol
+from zmqrpc.errors import NoSuchMethod
 from zmqrpc.matchmaker import MatchMaker, Registrar, RoutingCache, create_matchmaker
 from zmqrpc.protocol import Envelope, MessageType
 from zmqrpc.sockets import (
@@ -36,6 +37,9 @@ from zmqrpc.sockets import (
     send_frames,
     sync_connections,
 )
+
+if TYPE_CHECKING:
+    from zmqrpc.config import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -70,10 +74,6 @@ class Request:
 
 
 Dispatcher = Callable[[Request], Any]
-
-
-class NoSuchMethod(AttributeError):
-    """No endpoint has the requested method."""
 
 
 class EndpointDispatcher:
@@ -290,7 +290,7 @@ class RpcServer:
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         topics: str | Iterable[str],
         dispatcher: Dispatcher | Iterable[object],
         *,

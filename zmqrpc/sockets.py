@@ -1,4 +1,4 @@
-"""The only place zmqrpc creates ZeroMQ sockets: socket options, port-range binding, addresses.
+"""Sockets: the only place zmqrpc creates ZeroMQ sockets, with their options and port-range binding.
 
 Keeping creation here means one place sets high-water marks, linger, keepalive and (later) CURVE keys.
 """
@@ -9,11 +9,15 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import zmq
 
 from zmqrpc import green
+from zmqrpc.errors import BindError, PortRangeExhausted
+
+if TYPE_CHECKING:
+    from zmqrpc.config import OptionValues
 
 LOG = logging.getLogger(__name__)
 
@@ -38,27 +42,15 @@ def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
     send(frames[-1], NOBLOCK)
 
 
-class PortRangeExhausted(RuntimeError):
-    """No free port in rpc_zmq_min_port..rpc_zmq_max_port after rpc_zmq_bind_port_retries attempts."""
-
-
 def tcp_endpoint(address: str) -> str:
-    """'host:port' -> 'tcp://host:port' (IPv6 hosts are expected in brackets: '[::1]:5000')."""
+    """'host:port' -> 'tcp://host:port' (IPv6 hosts in brackets, as :mod:`zmqrpc.address` writes them)."""
     return address if "://" in address else f"tcp://{address}"
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """'host:port' -> (host, port), with a clear error naming the address."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad address {address!r}: expected host:port")
-    return host, int(port)
 
 
 class SocketFactory:
     """Creates sockets with the options from ``[oslo_messaging_zmq]``."""
 
-    def __init__(self, zmq_opts: Any, context: zmq.Context | None = None) -> None:
+    def __init__(self, zmq_opts: OptionValues, context: zmq.Context | None = None) -> None:
         self.opts = zmq_opts
         self.context = context or zmq.Context.instance()
 
@@ -156,7 +148,7 @@ class SocketFactory:
                 "(rpc_zmq_min_port, rpc_zmq_max_port, rpc_zmq_bind_port_retries)"
             ) from None
         except zmq.ZMQError as exc:
-            raise RuntimeError(f"cannot bind tcp://{address} (rpc_zmq_bind_address): {exc}") from exc
+            raise BindError(f"cannot bind tcp://{address} (rpc_zmq_bind_address): {exc}") from exc
 
     def bind_port(self, sock: zmq.Socket, host: str, port: int) -> int:
         """Bind to a fixed port (0 = random, as the proxy flags define); return the real port."""
@@ -167,7 +159,7 @@ class SocketFactory:
             sock.bind(f"tcp://{address}:{port}")
             return port
         except zmq.ZMQError as exc:
-            raise RuntimeError(f"cannot bind tcp://{address}:{port}: {exc}") from exc
+            raise BindError(f"cannot bind tcp://{address}:{port}: {exc}") from exc
 
 
 def _bind_host(bind_address: str) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from types import SimpleNamespace
 
 import pytest
 
 from tests.servers import RedisServer, SentinelCluster, wait_until
+from zmqrpc.config import load_settings
 from zmqrpc.matchmaker import (
     MatchmakerError,
     RedisMatchMaker,
@@ -136,14 +136,7 @@ def test_auth_errors_are_matchmaker_errors(redis_factory: RedisFactory) -> None:
 
 
 def test_create_matchmaker_redis(redis_server: RedisServer) -> None:
-    settings = SimpleNamespace(
-        matchmaker="redis",
-        redis_hosts=[("127.0.0.1", redis_server.port)],
-        redis_username=None,
-        redis_password=None,
-        redis_socket_timeout=1.0,
-    )
-    mm = create_matchmaker(settings)
+    mm = create_matchmaker(load_settings(url=f"zmq+redis://127.0.0.1:{redis_server.port}"))
     assert isinstance(mm, RedisMatchMaker) and not isinstance(mm, SentinelMatchMaker)
     mm.register("compute", "a:1", 60)
     assert redis_server.client().zrange("zmqrpc:topic:compute", 0, -1) == ["a:1"]
@@ -235,15 +228,8 @@ def test_sentinel_register_on_master_read_back(
 
 
 def test_create_matchmaker_sentinel(sentinel_cluster: SentinelCluster) -> None:
-    settings = SimpleNamespace(
-        matchmaker="sentinel",
-        redis_hosts=[f"{h}:{p}" for h, p in sentinel_cluster.sentinel_addresses],
-        sentinel_group_name=sentinel_cluster.group,
-        redis_username=None,
-        redis_password=None,
-        redis_socket_timeout=1.0,
-    )
-    mm = create_matchmaker(settings)
+    sentinels = ",".join(f"{h}:{p}" for h, p in sentinel_cluster.sentinel_addresses)
+    mm = create_matchmaker(load_settings(url=f"zmq+sentinel://{sentinels}/{sentinel_cluster.group}"))
     assert isinstance(mm, SentinelMatchMaker)
     mm.register("scheduler", "s:1", 60)
     assert _members(sentinel_cluster.master, "scheduler") == ["s:1"]

@@ -478,13 +478,6 @@ def test_url_scheme_wins_over_rpc_zmq_matchmaker() -> None:
 # --------------------------------------------------------------------------- ring file
 
 
-def test_load_ring_reads_folsom_ring() -> None:
-    assert config.load_ring(str(FIXTURES / "ring.json")) == {
-        "scheduler": ("sched1", "sched2"),
-        "consoleauth": ("cauth1", "cauth2"),
-    }
-
-
 @pytest.mark.parametrize(
     ("content", "message"),
     [

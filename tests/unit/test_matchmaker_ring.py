@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from zmqrpc.config import load_settings
 from zmqrpc.matchmaker import (
     DummyMatchMaker,
     MatchMaker,
@@ -18,7 +20,10 @@ from zmqrpc.matchmaker import (
     RingMatchMaker,
     RoutingCache,
     create_matchmaker,
+    load_ring,
 )
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 FOLSOM_RING = {"scheduler": ["sched1", "sched2"], "consoleauth": ["cauth1", "cauth2"]}
 DEFAULT_PORT = 49153
@@ -75,7 +80,7 @@ def test_ring_topics_and_noop_registration(tmp_ring: WriteRing) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"scheduler": ["sched1",]', "invalid JSON"),
+        ('{"scheduler": ["sched1",]', "not valid JSON"),
         ('["sched1", "sched2"]', "must be a JSON object"),
         ({"scheduler": "sched1"}, "topic 'scheduler': must map to a list of hosts"),
         ({"scheduler": ["sched1", 7]}, "host entries must be non-empty strings, got 7"),
@@ -100,16 +105,30 @@ def test_ring_missing_file(tmp_path: Any) -> None:
     assert path in str(err.value)
 
 
+def test_load_ring_reads_folsom_ring() -> None:
+    assert load_ring(str(FIXTURES / "ring.json"), DEFAULT_PORT) == {
+        "scheduler": [("sched1", "sched1:49153"), ("sched2", "sched2:49153")],
+        "consoleauth": [("cauth1", "cauth1:49153"), ("cauth2", "cauth2:49153")],
+    }
+
+
 def test_create_matchmaker_ring_and_dummy(tmp_ring: WriteRing) -> None:
-    settings = SimpleNamespace(
-        matchmaker="ring", ringfile=tmp_ring(FOLSOM_RING), zmq=SimpleNamespace(rpc_zmq_min_port=50000)
+    ring = tmp_ring(FOLSOM_RING)
+    settings = load_settings(
+        url="zmq://",
+        overrides={
+            "rpc_zmq_matchmaker": "ring",
+            "rpc_zmq_matchmaker_ringfile": ring,
+            "rpc_zmq_min_port": 50000,
+        },
     )
     mm = create_matchmaker(settings)
     assert isinstance(mm, RingMatchMaker)
     assert mm.get_hosts("scheduler.sched2") == ["sched2:50000"]
-    assert isinstance(create_matchmaker(SimpleNamespace(matchmaker="dummy")), DummyMatchMaker)
+    dummy = load_settings(url="zmq://", overrides={"rpc_zmq_matchmaker": "dummy"})
+    assert isinstance(create_matchmaker(dummy), DummyMatchMaker)
     with pytest.raises(MatchmakerError, match="unknown matchmaker 'zookeeper'"):
-        create_matchmaker(SimpleNamespace(matchmaker="zookeeper"))
+        create_matchmaker(dataclasses.replace(dummy, matchmaker="zookeeper"))
 
 
 # --- dummy ----------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import zmq
 
+from zmqrpc.address import parse_host_port
 from zmqrpc.config import load_settings
-from zmqrpc.sockets import PortRangeExhausted, SocketFactory, split_address
+from zmqrpc.sockets import PortRangeExhausted, SocketFactory
 
 
 def _factory(**overrides: object) -> SocketFactory:
@@ -52,4 +53,4 @@ def test_router_reports_unroutable_messages() -> None:
 @pytest.mark.parametrize("address", ["host", "host:", ":5000", "host:99999", "host:abc"])
 def test_bad_addresses_are_named(address: str) -> None:
     with pytest.raises(ValueError, match="bad address"):
-        split_address(address)
+        parse_host_port(address)
