@@ -36,14 +36,6 @@ SCHEMES: Mapping[str, str | None] = MappingProxyType(
 )
 # Query keys that are not [oslo_messaging_zmq] options.
 _URL_ONLY_QUERY_KEYS = frozenset({"sentinel_group_name"})
-# Options that must be strictly positive (bounded queues, sane timers).
-_POSITIVE_OPTS = (
-    "rpc_zmq_hwm",
-    "rpc_zmq_max_message_size",
-    "zmq_connect_timeout",
-    "rpc_zmq_cache_refresh",
-    "zmq_target_update",
-)
 
 
 def _zmq_opt(opt_cls: type[cfg.Opt], name: str, **kwargs: Any) -> cfg.Opt:
@@ -96,6 +88,7 @@ ZMQ_OPTS: tuple[cfg.Opt, ...] = (
         cfg.IntOpt,
         "zmq_linger",
         default=-1,
+        min=-1,
         deprecated_opts=[
             cfg.DeprecatedOpt("rpc_cast_timeout", group="DEFAULT"),
             cfg.DeprecatedOpt("rpc_cast_timeout", group=ZMQ_GROUP),
@@ -107,18 +100,21 @@ ZMQ_OPTS: tuple[cfg.Opt, ...] = (
         cfg.IntOpt,
         "rpc_poll_timeout",
         default=1,
+        min=1,
         help="Seconds a poll waits for incoming messages before checking for shutdown.",
     ),
     _zmq_opt(
         cfg.IntOpt,
         "zmq_target_expire",
         default=300,
+        min=0,
         help="Seconds before a matchmaker record expires; 0 or less means records never expire.",
     ),
     _zmq_opt(
         cfg.IntOpt,
         "zmq_target_update",
         default=180,
+        min=1,
         help="Seconds between matchmaker record refreshes by servers; about zmq_target_expire / 2.",
     ),
     _zmq_opt(
@@ -143,6 +139,7 @@ ZMQ_OPTS: tuple[cfg.Opt, ...] = (
         cfg.IntOpt,
         "zmq_failover_connections",
         default=2,
+        min=0,
         help="With dynamic connections, how many extra workers of the topic to connect to.",
     ),
     _zmq_opt(
@@ -165,6 +162,7 @@ ZMQ_OPTS: tuple[cfg.Opt, ...] = (
         cfg.IntOpt,
         "rpc_zmq_bind_port_retries",
         default=100,
+        min=1,
         help="Random ports to try before binding fails with 'ports range exceeded'.",
     ),
     _zmq_opt(
@@ -184,37 +182,53 @@ ZMQ_OPTS: tuple[cfg.Opt, ...] = (
         cfg.IntOpt,
         "zmq_tcp_keepalive",
         default=-1,
+        min=-1,
+        max=1,
         help="TCP keepalive on sockets: 1 on, 0 off, -1 OS default.",
     ),
     _zmq_opt(
         cfg.IntOpt,
         "zmq_tcp_keepalive_idle",
         default=-1,
+        min=-1,
         help="Seconds of idle before the first keepalive probe; -1 OS default.",
     ),
     _zmq_opt(
         cfg.IntOpt,
         "zmq_tcp_keepalive_cnt",
         default=-1,
+        min=-1,
         help="Unanswered keepalive probes before a connection is dropped; -1 OS default.",
     ),
     _zmq_opt(
         cfg.IntOpt,
         "zmq_tcp_keepalive_intvl",
         default=-1,
+        min=-1,
         help="Seconds between keepalive probes; -1 OS default.",
     ),
     _zmq_opt(
         cfg.IntOpt,
         "rpc_thread_pool_size",
         default=100,
+        min=1,
         help="Maximum number of threads that run incoming requests.",
     ),
     _zmq_opt(
         cfg.IntOpt,
         "rpc_message_ttl",
         default=300,
+        min=1,
         help="Seconds a message id is remembered for duplicate suppression.",
+    ),
+    _zmq_opt(
+        cfg.IntOpt,
+        "rpc_reply_cache_bytes",
+        default=64 * 1024 * 1024,
+        min=0,
+        help="zmqrpc: bytes of call replies a server keeps (with rpc_use_acks) to answer a resent call "
+        "without running it again. The oldest are dropped first when full; a resend whose reply was "
+        "dropped gets an error, never a second run.",
     ),
     _zmq_opt(
         cfg.BoolOpt,
@@ -226,18 +240,21 @@ ZMQ_OPTS: tuple[cfg.Opt, ...] = (
         cfg.FloatOpt,
         "rpc_ack_timeout_base",
         default=15.0,
+        min=0.001,
         help="Seconds to wait for an ack before the first resend.",
     ),
     _zmq_opt(
         cfg.FloatOpt,
         "rpc_ack_timeout_multiplier",
         default=2.0,
+        min=1.0,
         help="Factor the ack timeout grows by with each resend.",
     ),
     _zmq_opt(
         cfg.IntOpt,
         "rpc_retry_attempts",
         default=3,
+        min=-1,
         help="Resends of an unacknowledged message; -1 means retry forever.",
     ),
     _zmq_opt(
@@ -257,17 +274,20 @@ ZMQ_OPTS: tuple[cfg.Opt, ...] = (
         cfg.IntOpt,
         "rpc_zmq_contexts",
         default=1,
+        min=1,
         help="Number of ZeroMQ contexts. Accepted for old config files; unused by zmqrpc.",
     ),
     _zmq_opt(
         cfg.IntOpt,
         "rpc_zmq_topic_backlog",
+        min=0,
         help="Maximum queued messages per topic. Accepted for old config files; unused by zmqrpc.",
     ),
     _zmq_opt(
         cfg.IntOpt,
         "rpc_zmq_hwm",
         default=1000,
+        min=1,
         help="zmqrpc: send and receive high-water mark of every socket, in messages. Must be > 0, so "
         "queues are bounded.",
     ),
@@ -275,18 +295,21 @@ ZMQ_OPTS: tuple[cfg.Opt, ...] = (
         cfg.IntOpt,
         "rpc_zmq_max_message_size",
         default=16 * 1024 * 1024,
+        min=1024,
         help="zmqrpc: largest message accepted, in bytes; larger received messages are dropped and counted.",
     ),
     _zmq_opt(
         cfg.FloatOpt,
         "zmq_connect_timeout",
         default=3.0,
+        min=0.001,
         help="zmqrpc: seconds a dynamic connection waits for a peer before trying the next worker.",
     ),
     _zmq_opt(
         cfg.FloatOpt,
         "rpc_zmq_cache_refresh",
         default=10.0,
+        min=0.01,
         help="zmqrpc: seconds between refreshes of the client routing cache from the matchmaker.",
     ),
     _zmq_opt(
@@ -358,9 +381,9 @@ REDIS_OPTS: tuple[cfg.Opt, ...] = (
         "sentinel_hosts", default=[], help="host:port Sentinels, used when transport_url names none."
     ),
     cfg.StrOpt("sentinel_group_name", default="oslo-messaging-zeromq", help="Sentinel master group name."),
-    cfg.IntOpt("wait_timeout", default=2000, help="Milliseconds to wait between connection attempts."),
-    cfg.IntOpt("check_timeout", default=20000, help="Milliseconds to wait for Redis to become available."),
-    cfg.IntOpt("socket_timeout", default=10000, help="Milliseconds a Redis socket operation may take."),
+    cfg.IntOpt("wait_timeout", default=2000, min=1, help="Milliseconds to wait between connection attempts."),
+    cfg.IntOpt("check_timeout", default=20000, min=1, help="Milliseconds to wait for Redis to become available."),
+    cfg.IntOpt("socket_timeout", default=10000, min=1, help="Milliseconds a Redis socket operation may take."),
 )
 
 _GROUP_OPTS: Mapping[str, Mapping[str, cfg.Opt]] = MappingProxyType(
@@ -647,9 +670,6 @@ def _validate_zmq(zmq: Mapping[str, Any]) -> None:
             f"rpc_zmq_min_port ({zmq['rpc_zmq_min_port']}) is greater than "
             f"rpc_zmq_max_port ({zmq['rpc_zmq_max_port']})"
         )
-    for name in _POSITIVE_OPTS:
-        if zmq[name] <= 0:
-            raise ConfigError(f"{name} must be greater than 0, got {zmq[name]!r}")
     expire, update = zmq["zmq_target_expire"], zmq["zmq_target_update"]
     if expire > 0 and update > expire:
         raise ConfigError(

@@ -40,6 +40,7 @@ ZMQ_DEFAULTS: dict[str, Any] = {
     "zmq_tcp_keepalive_intvl": -1,
     "rpc_thread_pool_size": 100,
     "rpc_message_ttl": 300,
+    "rpc_reply_cache_bytes": 64 * 1024 * 1024,
     "rpc_use_acks": False,
     "rpc_ack_timeout_base": 15,
     "rpc_ack_timeout_multiplier": 2,
@@ -795,3 +796,37 @@ def test_settings_survive_pickling_and_compare_equal() -> None:
     assert hash(copy) == hash(settings)
     assert copy.zmq.subscribe_on == ("localhost:60001",)
     assert copy.redis_password == "pw"
+
+
+def test_every_numeric_option_has_a_range() -> None:
+    """A numeric option without min= would take any value silently (a negative ack timeout, say)."""
+    unbounded = [
+        f"[{group}] {name}"
+        for group, opts in config._GROUP_OPTS.items()
+        for name, opt in opts.items()
+        if isinstance(opt, (cfg.IntOpt, cfg.FloatOpt, cfg.PortOpt)) and getattr(opt.type, "min", None) is None
+    ]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("rpc_ack_timeout_base", "-5"),
+        ("rpc_ack_timeout_multiplier", "-2"),
+        ("rpc_message_ttl", "-10"),
+        ("rpc_reply_cache_bytes", "-1"),
+        ("rpc_retry_attempts", "-2"),
+        ("rpc_thread_pool_size", "0"),
+    ],
+)
+def test_out_of_range_value_in_a_file_is_refused_naming_the_option(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    with pytest.raises(config.ConfigError, match=rf"\[oslo_messaging_zmq\] {name}.*greater than or equal"):
+        load_text(tmp_path, f"[oslo_messaging_zmq]\n{name} = {value}\n")
+
+
+def test_out_of_range_value_in_the_url_query_is_refused_naming_the_option() -> None:
+    with pytest.raises(config.ConfigError, match=r"rpc_ack_timeout_base.*greater than or equal"):
+        config.load_settings(url="zmq://?rpc_ack_timeout_base=-5")
