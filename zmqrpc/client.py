@@ -40,6 +40,7 @@ import zmq
 from zmqrpc import protocol
 from zmqrpc.errors import CallTimeout, ClientClosed, NoRouteError, RemoteError, Unreachable
 from zmqrpc.ioloop import IOLoop
+from zmqrpc.logonce import WarnOnce
 from zmqrpc.matchmaker import MatchMaker, RoutingCache, create_matchmaker
 from zmqrpc.protocol import Flags, MessageType
 from zmqrpc.sockets import (
@@ -145,7 +146,7 @@ class RpcClient:
         # Messages that came before any proxy frontend was known: (give up at, message).
         self._no_proxy: deque[tuple[float, _Outgoing]] = deque()
         self._next_sync = 0.0
-        self._warned: set[str] = set()
+        self._warn = WarnOnce(LOG)
         self.drops = protocol.DropCounter("client")
         self.undelivered = 0  # casts/fanouts that no live server took (counted, logged)
         self.resent = 0
@@ -491,11 +492,6 @@ class RpcClient:
                 functools.partial(self._send_published, self._outgoing(published, topic, None, False, False))
             )
         return others
-
-    def _warn(self, message: str) -> None:
-        if message not in self._warned:
-            self._warned.add(message)
-            LOG.warning(message)
 
     # ------------------------------------------------------------------ I/O thread
     def _route(self, ordered: list[str], out: _Outgoing) -> None:

@@ -47,6 +47,11 @@ LOG = logging.getLogger(__name__)
 MAGIC = b"ZR"
 VERSION = 1
 HEADER = struct.Struct("!2sBBBB16s")
+# Where each field of HEADER starts: magic (2 bytes), then one byte each, then the 16-byte message id.
+VERSION_OFFSET = 2
+TYPE_OFFSET = 3
+SERIALIZER_OFFSET = 4
+FLAGS_OFFSET = 5
 MSG_ID_OFFSET = 6  # the message id is the header's last 16 bytes
 FRAME_COUNT = 4
 MAX_TOPIC_LENGTH = 255
@@ -163,7 +168,7 @@ def unroutable_notice(header: bytes, route: bytes) -> list[bytes]:
     if len(header) != HEADER.size:
         raise ProtocolError("bad header", f"{len(header)} bytes, expected {HEADER.size}")
     notice = bytearray(header)
-    notice[3] = MessageType.UNROUTABLE
+    notice[TYPE_OFFSET] = MessageType.UNROUTABLE
     return [bytes(notice), route, b"", b""]
 
 

@@ -27,6 +27,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zmqrpc import green, protocol
 from zmqrpc.errors import NoSuchMethod
+from zmqrpc.logonce import WarnOnce
 from zmqrpc.matchmaker import MatchMaker, Registrar, RoutingCache, create_matchmaker
 from zmqrpc.protocol import Envelope, MessageType
 from zmqrpc.sockets import (
@@ -347,6 +348,7 @@ class RpcServer:
         self.address = ""
         self.port = 0
         self.drops = protocol.DropCounter(f"server {self.server} ({','.join(self.topics)})")
+        self._warn_once = WarnOnce(LOG)
         self.processed = 0
         self.duplicates = 0
 
@@ -515,8 +517,7 @@ class RpcServer:
         if self._via_proxy and self._front is not None:
             backends = set(self._proxies.lookup_cached(protocol.PROXY_BACKENDS))
             if not backends:
-                _warn_once(
-                    LOG,
+                self._warn_once(
                     "use_router_proxy = true but no proxy backend is registered yet (%s)",
                     protocol.PROXY_BACKENDS,
                 )
@@ -528,8 +529,7 @@ class RpcServer:
                 self.settings.zmq.subscribe_on or self._proxies.lookup_cached(protocol.PROXY_PUBLISHERS)
             )
             if not publishers:
-                _warn_once(
-                    LOG,
+                self._warn_once(
                     "use_pub_sub = true but no publisher is known (subscribe_on is empty and "
                     "nothing is registered under %s): fanout cannot reach this server",
                     protocol.PROXY_PUBLISHERS,
@@ -733,10 +733,3 @@ class RpcServer:
             self.drops.drop("reply queue full", "the server's outgoing queue is full", prefix.hex())
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(log: logging.Logger, message: str, *args: object) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        log.warning(message, *args)
