@@ -483,8 +483,10 @@ class ZmqDriver(base.BaseDriver):
         register_hook = getattr(conf, "register_mutate_hook", None)
         if register_hook is not None:
             register_hook(on_mutate)
-        self._fanout_fallback = self.fallback_driver is not None and bool(
-            self.settings.zmq.zmq_fallback_fanout
+        self._dual = (
+            None
+            if self.fallback_driver is None
+            else _DualBackend(self, self.fallback_driver, bool(self.settings.zmq.zmq_fallback_fanout))
         )
 
     # ------------------------------------------------------------------ helpers
@@ -527,14 +529,6 @@ class ZmqDriver(base.BaseDriver):
                 client = self._client
         return client
 
-    def _registered(self, topic: str) -> bool:
-        """Whether the matchmaker (through the client's route cache) knows a zmq receiver of ``topic``."""
-        try:
-            return bool(self.client.routes.lookup(topic))
-        except MatchmakerError as exc:
-            LOG.warning("matchmaker unavailable, %r goes over the fallback: %s", topic, exc)
-            return False
-
     @staticmethod
     def _args(message: dict[str, Any], call_monitor_timeout: float | None) -> dict[str, Any]:
         return {"oslo": message, "call_monitor_timeout": call_monitor_timeout}
@@ -558,77 +552,84 @@ class ZmqDriver(base.BaseDriver):
         retry: int | None = None,
         transport_options: Any = None,
     ) -> Any:
-        fallback = self.fallback_driver
-        bare = self.zmq_topic(target)
-        if target.fanout:
-            if fallback is not None and (self._fanout_fallback or not self._registered(bare)):
-                return fallback.send(target, ctxt, message, retry=retry, transport_options=transport_options)
-            method = str(message.get("method", ""))
-            self._with_primitives(
-                lambda c, m: self.client.fanout(bare, method, self._args(m, None), context=c),
-                ctxt,
-                message,
+        if self._dual is not None:
+            return self._dual.send(
+                target, ctxt, message, wait_for_reply, timeout, call_monitor_timeout, retry, transport_options
             )
-            return None
+        if target.fanout:
+            return self.fanout(target, ctxt, message)
+        topic = self.directed_topic(target)
         if wait_for_reply:
-            return self._call(target, ctxt, message, timeout, call_monitor_timeout, retry, transport_options)
-        topic = f"{bare}.{target.server}" if target.server else bare
-        if fallback is not None and not self._registered(topic):
-            return fallback.send(target, ctxt, message, retry=retry, transport_options=transport_options)
+            try:
+                return self.call(target, ctxt, message, self.deadline(timeout), call_monitor_timeout)
+            except NoRouteError:
+                raise oslo_messaging.MessagingTimeout(f"no server is registered for {topic!r}") from None
+            except Unreachable as exc:
+                raise oslo_messaging.MessagingTimeout(str(exc)) from None
+        try:
+            self.cast(target, ctxt, message)
+        except NoRouteError:
+            LOG.warning("no server is registered for %r: cast dropped", topic)
+        return None
+
+    def directed_topic(self, target: oslo_messaging.Target) -> str:
+        """The zmqrpc topic a call or cast to ``target`` goes to: ``topic``, or ``topic.server``."""
+        bare = self.zmq_topic(target)
+        return f"{bare}.{target.server}" if target.server else bare
+
+    def deadline(self, timeout: float | None) -> tuple[float, float]:
+        """``(timeout, deadline)`` of a call: its own timeout, or ``rpc_response_timeout``."""
+        if timeout is None:
+            timeout = getattr(self.conf, "rpc_response_timeout", None) or DEFAULT_CALL_TIMEOUT
+        return float(timeout), time.monotonic() + float(timeout)
+
+    def fanout(self, target: oslo_messaging.Target, ctxt: Any, message: dict[str, Any]) -> None:
+        """Fanout over zmq to every server of the target's topic."""
+        bare = self.zmq_topic(target)
+        method = str(message.get("method", ""))
+        self._with_primitives(
+            lambda c, m: self.client.fanout(bare, method, self._args(m, None), context=c), ctxt, message
+        )
+
+    def cast(self, target: oslo_messaging.Target, ctxt: Any, message: dict[str, Any]) -> None:
+        """Cast over zmq; raises NoRouteError when no server of the target is registered."""
         method = str(message.get("method", ""))
         try:
             self._with_primitives(
                 lambda c, m: self.client.cast(
-                    bare, method, self._args(m, None), context=c, server=target.server, strict=True
+                    self.zmq_topic(target),
+                    method,
+                    self._args(m, None),
+                    context=c,
+                    server=target.server,
+                    strict=True,
                 ),
                 ctxt,
                 message,
             )
-        except NoRouteError:
-            if fallback is not None:
-                return fallback.send(target, ctxt, message, retry=retry, transport_options=transport_options)
-            LOG.warning("no server is registered for %r: cast dropped", topic)
         except ClientClosed as exc:
             raise oslo_messaging.MessageDeliveryFailure(str(exc)) from exc
-        return None
 
-    def _call(
+    def call(
         self,
         target: oslo_messaging.Target,
         ctxt: Any,
         message: dict[str, Any],
-        timeout: float | None,
+        deadline: tuple[float, float],
         call_monitor_timeout: float | None,
-        retry: int | None,
-        transport_options: Any,
     ) -> Any:
-        if timeout is None:
-            timeout = getattr(self.conf, "rpc_response_timeout", None) or DEFAULT_CALL_TIMEOUT
-        deadline = time.monotonic() + float(timeout)
+        """Call over zmq until ``deadline`` (from :meth:`deadline`), sending again when a stopping server
+        redirects it. Raises NoRouteError or Unreachable when it was not delivered; every other failure is
+        oslo.messaging's."""
+        timeout, until = deadline
         bare = self.zmq_topic(target)
-        topic = f"{bare}.{target.server}" if target.server else bare
-        fallback = self.fallback_driver
+        topic = self.directed_topic(target)
         method = str(message.get("method", ""))
-
-        def over_fallback() -> Any:
-            assert fallback is not None
-            return fallback.send(
-                target,
-                ctxt,
-                message,
-                wait_for_reply=True,
-                timeout=max(0.001, deadline - time.monotonic()),
-                call_monitor_timeout=call_monitor_timeout,
-                retry=retry,
-                transport_options=transport_options,
-            )
-
+        monitor = float(call_monitor_timeout) if call_monitor_timeout else None
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = until - time.monotonic()
             if remaining <= 0:
                 raise oslo_messaging.MessagingTimeout(f"no reply from {topic!r} within {timeout} s")
-            if fallback is not None and not self._registered(topic):
-                return over_fallback()
             try:
                 body = self._with_primitives(
                     lambda c, m, left=remaining: self.client.call(
@@ -638,23 +639,15 @@ class ZmqDriver(base.BaseDriver):
                         timeout=left,
                         context=c,
                         server=target.server,
-                        monitor=float(call_monitor_timeout) if call_monitor_timeout else None,
+                        monitor=monitor,
                     ),
                     ctxt,
                     message,
                 )
-            except NoRouteError:
-                if fallback is not None:
-                    return over_fallback()
-                raise oslo_messaging.MessagingTimeout(f"no server is registered for {topic!r}") from None
-            except Unreachable as exc:
-                # Never delivered (its receiver is gone): safe to send again over the fallback.
-                if fallback is not None:
-                    LOG.info("zmq receiver of %r unreachable, sending over the fallback: %s", topic, exc)
-                    return over_fallback()
-                raise oslo_messaging.MessagingTimeout(str(exc)) from None
+            except (NoRouteError, Unreachable):
+                raise  # not delivered: send() or the dual backend decides what follows
             except CallTimeout:
-                if time.monotonic() < deadline - 0.01:
+                if time.monotonic() < until - 0.01:
                     why = f"no reply nor heartbeat within call_monitor_timeout={call_monitor_timeout} s"
                 else:
                     why = f"no reply within {timeout} s"
@@ -683,13 +676,13 @@ class ZmqDriver(base.BaseDriver):
         version: float,
         retry: int | None = None,
     ) -> None:
-        fallback = self.fallback_driver
+        if self._dual is not None:
+            return self._dual.send_notification(target, ctxt, message, version, retry)
+        return self.notify(target, ctxt, message)
+
+    def notify(self, target: oslo_messaging.Target, ctxt: Any, message: dict[str, Any]) -> None:
+        """Notify over zmq: ``target.topic`` is ``topic.priority``."""
         full = self.zmq_topic(target)  # topic.priority, in the target's exchange
-        if fallback is not None and (
-            self._fanout_fallback or not (self._registered(full) or self._registered(pools_topic(full)))
-        ):
-            # No zmq listener at all: the fallback at least keeps it until a listener comes.
-            return fallback.send_notification(target, ctxt, message, version, retry=retry)
         _, dot, priority = str(target.topic).rpartition(".")
         if not dot:
             raise oslo_messaging.InvalidTarget("a notification topic is topic.priority", target)
@@ -751,3 +744,83 @@ class ZmqDriver(base.BaseDriver):
         self.matchmaker.close()
         if self._fallback_transport is not None:
             self._fallback_transport.cleanup()
+
+
+class _DualBackend:
+    """Sending while a fleet migrates (``zmq_fallback_transport_url``): over zmq when the target's zmq
+    receiver is registered in the matchmaker, else over the fallback driver; a message that zmq did not
+    deliver (no route, receiver unreachable, matchmaker down) goes over the fallback instead. Fanout and
+    notifications go over the fallback while ``zmq_fallback_fanout`` is set, which every node listens on."""
+
+    def __init__(self, zmq: ZmqDriver, fallback: base.BaseDriver, fanout_over_fallback: bool) -> None:
+        self.zmq = zmq
+        self.fallback = fallback
+        self.fanout_over_fallback = fanout_over_fallback
+
+    def registered(self, topic: str) -> bool:
+        """Whether the matchmaker (through the client's route cache) knows a zmq receiver of ``topic``."""
+        try:
+            return bool(self.zmq.client.routes.lookup(topic))
+        except MatchmakerError as exc:
+            LOG.warning("matchmaker unavailable, %r goes over the fallback: %s", topic, exc)
+            return False
+
+    def send(
+        self,
+        target: oslo_messaging.Target,
+        ctxt: Any,
+        message: dict[str, Any],
+        wait_for_reply: bool | None,
+        timeout: float | None,
+        call_monitor_timeout: float | None,
+        retry: int | None,
+        transport_options: Any,
+    ) -> Any:
+        zmq = self.zmq
+        if target.fanout:
+            if self.fanout_over_fallback or not self.registered(zmq.zmq_topic(target)):
+                return self.fallback.send(
+                    target, ctxt, message, retry=retry, transport_options=transport_options
+                )
+            return zmq.fanout(target, ctxt, message)
+        topic = zmq.directed_topic(target)
+        if not wait_for_reply:
+            if self.registered(topic):
+                try:
+                    return zmq.cast(target, ctxt, message)
+                except NoRouteError:
+                    pass
+            return self.fallback.send(target, ctxt, message, retry=retry, transport_options=transport_options)
+        deadline = zmq.deadline(timeout)
+        if self.registered(topic):
+            try:
+                return zmq.call(target, ctxt, message, deadline, call_monitor_timeout)
+            except Unreachable as exc:
+                # Never delivered (its receiver is gone): safe to send again over the fallback.
+                LOG.info("zmq receiver of %r unreachable, sending over the fallback: %s", topic, exc)
+            except (NoRouteError, MatchmakerError):
+                pass  # not sent: a redirected call whose receiver has left zmq meanwhile
+        return self.fallback.send(
+            target,
+            ctxt,
+            message,
+            wait_for_reply=True,
+            timeout=max(0.001, deadline[1] - time.monotonic()),
+            call_monitor_timeout=call_monitor_timeout,
+            retry=retry,
+            transport_options=transport_options,
+        )
+
+    def send_notification(
+        self,
+        target: oslo_messaging.Target,
+        ctxt: Any,
+        message: dict[str, Any],
+        version: float,
+        retry: int | None,
+    ) -> None:
+        full = self.zmq.zmq_topic(target)
+        if self.fanout_over_fallback or not (self.registered(full) or self.registered(pools_topic(full))):
+            # No zmq listener at all: the fallback at least keeps it until a listener comes.
+            return self.fallback.send_notification(target, ctxt, message, version, retry=retry)
+        return self.zmq.notify(target, ctxt, message)
