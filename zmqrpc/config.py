@@ -382,8 +382,12 @@ REDIS_OPTS: tuple[cfg.Opt, ...] = (
     ),
     cfg.StrOpt("sentinel_group_name", default="oslo-messaging-zeromq", help="Sentinel master group name."),
     cfg.IntOpt("wait_timeout", default=2000, min=1, help="Milliseconds to wait between connection attempts."),
-    cfg.IntOpt("check_timeout", default=20000, min=1, help="Milliseconds to wait for Redis to become available."),
-    cfg.IntOpt("socket_timeout", default=10000, min=1, help="Milliseconds a Redis socket operation may take."),
+    cfg.IntOpt(
+        "check_timeout", default=20000, min=1, help="Milliseconds to wait for Redis to become available."
+    ),
+    cfg.IntOpt(
+        "socket_timeout", default=10000, min=1, help="Milliseconds a Redis socket operation may take."
+    ),
 )
 
 _GROUP_OPTS: Mapping[str, Mapping[str, cfg.Opt]] = MappingProxyType(

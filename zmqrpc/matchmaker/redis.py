@@ -57,7 +57,6 @@ return gone
 """
 
 
-
 def describe_redis_error(exc: BaseException) -> str:
     """A redis-py error as one short line: its type and message, without the object dumps some errors carry
     (MasterNotFoundError appends each Sentinel's whole client, ``<redis.client.Redis(<...>)>``: 1.5 KB)."""
@@ -74,6 +73,7 @@ def describe_redis_error(exc: BaseException) -> str:
         start = end + 1
     kept.append(text[start:])
     return f"{type(exc).__name__}: {' '.join(''.join(kept).split())}"
+
 
 class Backend:
     """One Redis endpoint: writes go to ``writer``; reads prefer ``reader`` and fall back to it."""
