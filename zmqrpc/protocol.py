@@ -87,12 +87,62 @@ def _json_dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+# Bounds on what one body may decode to, whatever its serializer: a real message nests a dozen levels and
+# holds thousands of items, while a hostile one could nest until a decoder or handler recurses out of stack,
+# or expand a few bytes into many objects (an empty list is one byte on the wire, 56 in memory).
+MAX_NESTING = 100
+MAX_ITEMS = 1_000_000
+
+# msgpack ints are at most 64 bits; bigger ones (a uuid.int) travel as this extension type, as decimal text,
+# so they round-trip as they do in json.
+_BIG_INT_EXT = 1
+
+
+def _msgpack_default(obj: Any) -> Any:
+    if isinstance(obj, int):  # msgpack asks only for ints it cannot pack
+        return msgpack.ExtType(_BIG_INT_EXT, str(obj).encode())
+    raise TypeError(f"cannot serialize {type(obj).__name__!r} objects with msgpack")
+
+
+def _msgpack_ext(code: int, data: bytes) -> Any:
+    if code != _BIG_INT_EXT:
+        raise ValueError(f"unknown msgpack extension type {code}")
+    return int(data)  # Python refuses digit strings past sys.get_int_max_str_digits: a bounded cost
+
+
 def _msgpack_dumps(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    return msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)
 
 
 def _msgpack_loads(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=False,
+        ext_hook=_msgpack_ext,
+        max_array_len=MAX_ITEMS,
+        max_map_len=MAX_ITEMS,
+    )
+
+
+def _check_bounds(body: Any) -> None:
+    """Raise ProtocolError when ``body`` nests deeper than MAX_NESTING or holds over MAX_ITEMS items."""
+    items = 0
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_NESTING:
+            raise ProtocolError("too deep", f"nested deeper than {MAX_NESTING} levels")
+        items += len(children)
+        if items > MAX_ITEMS:
+            raise ProtocolError("too many items", f"more than {MAX_ITEMS} items")
+        stack.extend((child, depth + 1) for child in children)
 
 
 SERIALIZERS = {
@@ -280,6 +330,8 @@ def decode(frames: list[bytes], max_size: int) -> Envelope:
         raise ProtocolError("bad body", f"{serializer.name}: {exc}") from None
     if not isinstance(body, dict):
         raise ProtocolError("bad body", f"expected a map, got {type(body).__name__}")
+    if len(body_raw) > MAX_NESTING:  # a shorter body cannot break either bound: skip the walk
+        _check_bounds(body)
     for key, kind in _REQUIRED_BODY_KEYS[msg_type].items():
         if not isinstance(body.get(key), kind):
             raise ProtocolError("bad body", f"{msg_type.name} needs {key!r}")

@@ -107,3 +107,53 @@ def test_unroutable_notice_keeps_the_message_id_and_names_the_route() -> None:
 def test_subscriptions_match_exactly_not_by_prefix() -> None:
     assert not protocol.subscription("foobar").startswith(protocol.subscription("foo"))
     assert protocol.publish_route("foo").startswith(protocol.PUBLISH)
+
+
+def _nested(depth: int) -> object:
+    """A list nested ``depth`` levels deep."""
+    value: object = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def _call_frames(name: str, args: object) -> list[bytes]:
+    body = {"message": {"method": "echo", "args": {"value": args}}, "context": {}}
+    return protocol.encode(MessageType.CALL, "t", body, protocol.SERIALIZERS[name])
+
+
+@pytest.mark.parametrize("name", sorted(protocol.SERIALIZERS))
+def test_ints_past_64_bits_round_trip(name: str) -> None:
+    values = [2**64, -(2**70), 2**128 - 1, 2**63 - 1, -(2**63), 7]
+    env = protocol.decode(_call_frames(name, values), 1 << 20)
+    assert env.body["message"]["args"]["value"] == values
+
+
+@pytest.mark.parametrize("name", sorted(protocol.SERIALIZERS))
+def test_nesting_is_bounded(name: str) -> None:
+    # The body is a map (1), its "message" (2), "args" (3): the value may nest MAX_NESTING - 3 more.
+    allowed = protocol.MAX_NESTING - 3
+    env = protocol.decode(_call_frames(name, _nested(allowed)), 1 << 20)
+    assert env.body["message"]["args"]["value"] == _nested(allowed)
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(_call_frames(name, _nested(allowed + 1)), 1 << 20)
+    assert info.value.reason == "too deep"
+
+
+@pytest.mark.parametrize("name", sorted(protocol.SERIALIZERS))
+def test_a_body_that_expands_past_max_items_is_refused(name: str) -> None:
+    # Many small lists, none over the per-container limit: the total is what is bounded.
+    chunks = [[0] * 1000 for _ in range(protocol.MAX_ITEMS // 1000 + 1)]
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(_call_frames(name, chunks), 1 << 30)
+    assert info.value.reason in ("too many items", "bad body")
+    assert "items" in str(info.value) or "max_array_len" in str(info.value)
+
+
+def test_unknown_msgpack_extension_is_a_bad_body() -> None:
+    import msgpack
+
+    frames = _call_frames("msgpack", None)
+    frames[3] = msgpack.packb({"message": {"x": msgpack.ExtType(9, b"")}, "context": {}})
+    with pytest.raises(ProtocolError, match="unknown msgpack extension type 9"):
+        protocol.decode(frames, 1 << 20)
