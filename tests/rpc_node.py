@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -42,7 +43,7 @@ class TestEndpoint:
         raise KeyError(message)
 
     def big(self, ctxt: dict) -> int:
-        return 2**64  # a uuid.int: msgpack cannot pack it
+        return 2**64  # a uuid.int: past what msgpack packs natively
 
     def deep(self, ctxt: dict) -> list:
         nested: list = []
@@ -62,7 +63,8 @@ class TestEndpoint:
     def peak(self, ctxt: dict) -> int:
         return self.peak_running
 
-    def record(self, ctxt: dict, tag: object) -> None:
+    def record(self, ctxt: dict, tag: object, seconds: float = 0.0) -> None:
+        time.sleep(seconds)  # a handler that takes a while: casts wait in the server meanwhile
         self._record(tag)
         if self.ledger is not None:  # survives this process, for restart tests
             with self.lock:
@@ -76,6 +78,16 @@ class TestEndpoint:
     def drops(self, ctxt: dict) -> dict:
         assert self.server is not None
         return self.server.drops.counts()
+
+    def reply_cache(self, ctxt: dict) -> dict:
+        assert self.server is not None
+        cache = self.server._duplicates
+        return {"reply_bytes": cache.reply_bytes, "evicted": cache.evicted, "ids": len(cache)}
+
+    def rss(self, ctxt: dict) -> int:
+        """This process's resident set size, in bytes."""
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def info(self, ctxt: dict, publisher_id: str, event_type: str, payload: object, metadata: dict) -> None:
         self._record({"priority": "info", "event_type": event_type, "payload": payload})

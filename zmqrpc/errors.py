@@ -19,6 +19,7 @@ __all__ = [
     "ProtocolError",
     "ProxyError",
     "RemoteError",
+    "ReplyEvicted",
     "Unreachable",
     "ZmqRpcError",
 ]
@@ -85,6 +86,10 @@ class RemoteError(ZmqRpcError):
         self.exc_type = exc_type
         self.message = message
         self.traceback = traceback
+
+
+class ReplyEvicted(ZmqRpcError):
+    """A resent call had run, but its reply had left the server's reply cache (rpc_reply_cache_bytes)."""
 
 
 class ClientClosed(ZmqRpcError):

@@ -17,7 +17,6 @@ import threading
 import time
 import traceback
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from zmqrpc import green, protocol
-from zmqrpc.errors import NoSuchMethod
+from zmqrpc.dedup import DuplicateFilter, Seen
+from zmqrpc.errors import NoSuchMethod, ReplyEvicted
 from zmqrpc.logonce import WarnOnce
 from zmqrpc.matchmaker import MatchMaker, Registrar, RoutingCache, create_matchmaker
 from zmqrpc.protocol import Envelope, MessageType
@@ -128,45 +128,12 @@ def describe_failure(exc: BaseException) -> dict[str, str]:
     }
 
 
-class DuplicateFilter:
-    """Message ids seen within ``rpc_message_ttl`` seconds, with the reply each call got.
-
-    Used only for messages that ask for acks: a sender that missed an ack resends, and the resend must
-    neither run again nor go unanswered. Workers share it, so it locks.
-    """
-
-    def __init__(self, ttl: float, limit: int = 100_000) -> None:
-        self.ttl = ttl
-        self.limit = limit
-        self._seen: OrderedDict[bytes, list[Any]] = OrderedDict()  # msg_id -> [expires, reply or None]
-        self._lock = threading.Lock()
-
-    def seen(self, msg_id: bytes, now: float) -> tuple[bool, list[bytes] | None]:
-        """(already seen?, the reply it got if finished); records the id when new."""
-        with self._lock:
-            self._expire(now)
-            entry = self._seen.get(msg_id)
-            if entry is not None:
-                return True, entry[1]
-            self._seen[msg_id] = [now + self.ttl, None]
-            return False, None
-
-    def remember_reply(self, msg_id: bytes, reply: list[bytes]) -> None:
-        with self._lock:
-            entry = self._seen.get(msg_id)
-            if entry is not None:
-                entry[1] = reply
-
-    def _expire(self, now: float) -> None:
-        seen = self._seen
-        while seen:
-            msg_id, (expires, _) = next(iter(seen.items()))
-            if expires > now and len(seen) <= self.limit:
-                break
-            del seen[msg_id]
-
-    def __len__(self) -> int:
-        return len(self._seen)
+def _describe_safely(exc: BaseException) -> dict[str, str]:
+    """describe_failure, even for an exception whose str() or traceback raises in turn."""
+    try:
+        return describe_failure(exc)
+    except Exception as inner:
+        return {"type": type(exc).__name__, "message": f"(cannot describe it: {inner!r})", "traceback": ""}
 
 
 class _Device:
@@ -322,7 +289,7 @@ class RpcServer:
         self.matchmaker = matchmaker or create_matchmaker(settings)
         self._registrar = Registrar(self.matchmaker, opts.zmq_target_expire, opts.zmq_target_update)
         self._proxies = RoutingCache(self.matchmaker, opts.rpc_zmq_cache_refresh)
-        self._duplicates = DuplicateFilter(opts.rpc_message_ttl)
+        self._duplicates = DuplicateFilter(opts.rpc_message_ttl, opts.rpc_reply_cache_bytes)
         self._sockets = SocketFactory(opts, context)
         uid = uuid.uuid4().hex
         self._frontend_inproc = f"inproc://zmqrpc-front-{uid}"
@@ -607,20 +574,17 @@ class RpcServer:
             self.drops.drop("unexpected type", f"{env.type.name} on the subscriber socket", source)
             return
         acked = env.wants_ack and prefix is not None
+        calls = env.type is MessageType.CALL and prefix is not None
         if acked:
             assert prefix is not None
-            ack = protocol.encode(
-                MessageType.ACK, "", {}, self._serializer, msg_id=env.msg_id, route=env.route
-            )
-            self._send(worker, prefix, ack)
-            duplicate, reply = self._duplicates.seen(env.msg_id, time.monotonic())
-            if duplicate:
-                # A resend after a lost ack: never run it twice; answer a finished call again.
+            if calls:
+                self._ack(worker, prefix, env)  # on receipt: the reply is the proof that it ran
+            state = self._duplicates.seen(env.msg_id, time.monotonic())
+            if state is not None:
+                # A resend after a lost ack or reply: never run it twice.
                 self.duplicates += 1
-                if reply is not None:
-                    self._send(worker, prefix, reply)
+                self._answer_duplicate(worker, prefix, env, state)
                 return
-        calls = env.type is MessageType.CALL and prefix is not None
         heartbeat = functools.partial(self._heartbeat, worker, prefix, env) if prefix and calls else None
         request = Request(
             env.type, env.topic, env.body["context"], env.body["message"], env.msg_id, heartbeat
@@ -631,21 +595,50 @@ class RpcServer:
         try:
             result = self.dispatcher(request)
             body: dict[str, Any] = {"result": result}
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # whatever the handler raises, the worker goes on
             if env.type is not MessageType.CALL:
                 LOG.exception("%s on topic %r failed", env.type.name.lower(), env.topic)
-            body = {"failure": describe_failure(exc)}
+            body = {"failure": _describe_safely(exc)}
         finally:
             with worker.lock:
                 worker.busy_with = None
             self._count_busy(-1)
         if not calls:
+            if acked:
+                assert prefix is not None
+                # Acked only now that its handler returned: a server that dies before this loses nothing,
+                # since the sender resends what was not acked.
+                self._duplicates.done(env.msg_id)
+                self._ack(worker, prefix, env)
             return
         assert prefix is not None
         reply = self._frame_reply(env, body)
         if acked:
             self._duplicates.remember_reply(env.msg_id, reply)
         self._send(worker, prefix, reply)
+
+    def _ack(self, worker: _Worker, prefix: bytes, env: Envelope) -> None:
+        ack = protocol.encode(MessageType.ACK, "", {}, self._serializer, msg_id=env.msg_id, route=env.route)
+        self._send(worker, prefix, ack)
+
+    def _answer_duplicate(
+        self, worker: _Worker, prefix: bytes, env: Envelope, state: Seen | list[bytes]
+    ) -> None:
+        """Answer a resend by what its first copy has come to; a call's resend was acked already."""
+        if isinstance(state, list):
+            self._send(worker, prefix, state)  # the finished call's reply, again
+        elif state is Seen.DONE:
+            self._ack(worker, prefix, env)
+        elif state is Seen.EVICTED:
+            evicted = ReplyEvicted(
+                f"the call ran once, but its reply was dropped from the server's reply cache "
+                f"(rpc_reply_cache_bytes={self._duplicates.max_reply_bytes}) before this resend; "
+                "it is not run again"
+            )
+            self._send(worker, prefix, self._frame_reply(env, {"failure": describe_failure(evicted)}))
+        elif env.type is not MessageType.CALL:
+            # Still queued or running here: the sender keeps waiting for the ack instead of giving up.
+            self._send(worker, prefix, self._heartbeat_frames(env))
 
     def _count_busy(self, change: int) -> None:
         with self._lock:
@@ -719,17 +712,18 @@ class RpcServer:
 
     def _heartbeat(self, worker: _Worker, prefix: bytes, env: Envelope) -> None:
         """Tell the caller the call still runs (any thread; only while the worker runs this call)."""
-        frames = protocol.encode(
-            MessageType.HEARTBEAT, "", {}, self._serializer, msg_id=env.msg_id, route=env.route
-        )
+        frames = self._heartbeat_frames(env)
         with worker.lock:
             if worker.busy_with == env.msg_id:
                 self._send(worker, prefix, frames)
+
+    def _heartbeat_frames(self, env: Envelope) -> list[bytes]:
+        return protocol.encode(
+            MessageType.HEARTBEAT, "", {}, self._serializer, msg_id=env.msg_id, route=env.route
+        )
 
     def _send(self, worker: _Worker, prefix: bytes, frames: list[bytes]) -> None:
         try:
             send_frames(worker.sock, [prefix, *frames])
         except zmq.Again:
             self.drops.drop("reply queue full", "the server's outgoing queue is full", prefix.hex())
-
-

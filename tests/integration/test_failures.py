@@ -173,16 +173,15 @@ def test_a_long_call_holds_up_no_other_request(redis_server) -> None:
 
 
 def test_replies_that_cannot_be_framed_fail_the_call_and_the_server_keeps_serving(redis_server) -> None:
-    """Before, each OverflowError or RecursionError while framing a reply leaked a worker slot: after
-    rpc_thread_pool_size of them the server answered nothing."""
+    """Before, each RecursionError while framing a reply leaked a worker slot: after rpc_thread_pool_size of
+    them the server answered nothing."""
     bus = Bus(redis_server.url, "static")
     try:
         bus.server("127.0.0.2", topics=["framing"], rpc_thread_pool_size=4, rpc_zmq_serialization="msgpack")
         client = bus.client(rpc_zmq_serialization="msgpack")
-        for method, cause in (("big", "Overflow"), ("deep", "(?i)recursion")):
-            for _ in range(30):
-                with pytest.raises(RemoteError, match=cause):
-                    client.call("framing", method, timeout=5)
+        for _ in range(30):
+            with pytest.raises(RemoteError, match=r"(?i)recursion"):
+                client.call("framing", "deep", timeout=5)
         assert client.call("framing", "whoami", timeout=5) == "127.0.0.2"
     finally:
         bus.close()
