@@ -17,7 +17,8 @@ Connection modes (``[oslo_messaging_zmq]``):
 
 With ``rpc_use_acks`` every call, cast and notification asks for an ack; without one in
 ``rpc_ack_timeout_base`` (times ``rpc_ack_timeout_multiplier`` per retry) it is resent, up to
-``rpc_retry_attempts`` times (-1: forever). Servers drop the duplicates.
+``rpc_retry_attempts`` times (-1: forever), the routes asked of the matchmaker again when none is left. A
+call is acked on receipt, a one-way message once its handler returned. Servers drop the duplicates.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from zmqrpc import protocol
-from zmqrpc.errors import CallTimeout, ClientClosed, NoRouteError, RemoteError, Unreachable
+from zmqrpc.errors import CallTimeout, ClientClosed, MatchmakerError, NoRouteError, RemoteError, Unreachable
 from zmqrpc.ioloop import IOLoop
 from zmqrpc.logonce import WarnOnce
 from zmqrpc.matchmaker import MatchMaker, RoutingCache, create_matchmaker
@@ -90,6 +92,7 @@ class _Outgoing:
     ack_due: float = float("inf")
     dest: str = ""  # the address (direct) or routing id (proxy) it was last sent to
     tried: set[str] = field(default_factory=set)
+    unroutable_via: set[str] = field(default_factory=set)  # proxies that did not know ``dest``
 
 
 class _Link:
@@ -133,6 +136,7 @@ class RpcClient:
         self._sockets = SocketFactory(opts, context)
         self._pending: dict[bytes, Future] = {}
         self._tracking: dict[bytes, _Outgoing] = {}  # calls and acked messages, until reply/ack (I/O thread)
+        self._refreshing: set[str] = set()  # topics whose routes a thread is asking the matchmaker for
         self._round_robin: dict[str, itertools.count] = {}
         self._peers: dict[str, _Link] = {}  # static links by address (I/O thread only)
         self._links: set[_Link] = set()  # every open link (I/O thread only)
@@ -500,7 +504,7 @@ class RpcClient:
         dest = candidates[0]
         if self._via_proxy:
             out.frames = protocol.readdress(out.frames, route=dest.encode())
-            proxy = self._proxy_link_for(dest)
+            proxy = self._proxy_link_for(dest, avoid=out.unroutable_via if dest == out.dest else ())
             if proxy is None:
                 self._wait_for_a_proxy(out)
                 return
@@ -567,12 +571,15 @@ class RpcClient:
             else:
                 self._no_proxy.append((give_up_at, out))
 
-    def _proxy_link_for(self, key: str) -> _Link | None:
-        """The proxy link for messages to ``key``: the same one while the set of live proxies stays."""
+    def _proxy_link_for(self, key: str, avoid: Iterable[str] = ()) -> _Link | None:
+        """The proxy link for messages to ``key``: the same one while the set of live proxies stays; not
+        one in ``avoid`` (proxies that said they do not know the server) while another is left."""
         if not self._proxy_links:
             return None
         now = time.monotonic()
-        links = [self._proxy_links[a] for a in sorted(self._proxy_links)]
+        links = [self._proxy_links[a] for a in sorted(self._proxy_links) if a not in avoid]
+        if not links:
+            links = [self._proxy_links[a] for a in sorted(self._proxy_links)]
         live = [link for link in links if link.down_until <= now] or links
         return live[zlib.crc32(key.encode()) % len(live)]
 
@@ -679,7 +686,7 @@ class RpcClient:
             elif env.type is MessageType.REPLY:
                 self._on_reply(link, env)
             elif env.type is MessageType.UNROUTABLE:
-                self._on_unroutable(env)
+                self._on_unroutable(link, env)
             elif env.type is MessageType.HEARTBEAT:
                 self._on_heartbeat(env.msg_id)
             else:
@@ -708,18 +715,32 @@ class RpcClient:
             future.set_result(env.body)
 
     def _on_heartbeat(self, msg_id: bytes) -> None:
-        """The server still runs the call: note when, on its future (``heartbeat_at``, monotonic)."""
+        """The server still runs the call: note when, on its future (``heartbeat_at``, monotonic). For a
+        resent one-way message it means the server holds it, queued or running: wait for its ack afresh."""
         future = self._pending.get(msg_id)
         if future is not None:
             future.heartbeat_at = time.monotonic()  # type: ignore[attr-defined]
+            return
+        out = self._tracking.get(msg_id)
+        if out is not None and out.future is None:
+            out.attempts = 0
+            out.ack_due = time.monotonic() + self._ack_timeout(0)
 
-    def _on_unroutable(self, env: protocol.Envelope) -> None:
-        """A proxy says the server we routed to is not connected: try another worker, or fail fast."""
+    def _on_unroutable(self, link: _Link, env: protocol.Envelope) -> None:
+        """A proxy says the server we routed to is not connected to it: try the other proxies first (a
+        server connects to a proxy that just started a little after clients may use it, and holding the
+        server down then sent all its traffic to its peers), then another worker, or fail fast."""
         if env.route.startswith(protocol.PUBLISH):
             self.undelivered += 1
             self._warn("a proxy does not publish: use_pub_sub must be the same on services and proxies")
             return
         gone = env.route.decode(errors="replace")
+        out = self._tracking.get(env.msg_id)
+        if out is not None and out.dest == gone:
+            out.unroutable_via.update(link.addresses)
+            if self._proxy_links.keys() - out.unroutable_via:
+                self._route([gone], out)
+                return
         self.routes.forget_address(gone)
         out = self._tracking.pop(env.msg_id, None)
         if out is None:
@@ -737,9 +758,11 @@ class RpcClient:
 
     def _defer_or_fail(self, out: _Outgoing, why: str) -> None:
         if out.wants_ack:
-            # Wait for the next resend: by then the server may be back (restarted, re-registered).
+            # Wait for the next resend: by then the server may be back (restarted, re-registered), and the
+            # matchmaker asked again.
             out.ack_due = time.monotonic() + self._ack_timeout(out.attempts)
             self._tracking[out.msg_id] = out
+            self._refresh_routes(out.topic)
         else:
             self._fail(out, why)
 
@@ -801,7 +824,27 @@ class RpcClient:
             if ordered:
                 self._route(ordered, out)
             else:
-                self._fail(out, "no server left for the topic")
+                # No server known now: it counts as an attempt, and the next one comes after the backoff,
+                # with the routes asked of the matchmaker meanwhile.
+                self._defer_or_fail(out, "no server left for the topic")
+
+    def _refresh_routes(self, topic: str) -> None:
+        """Ask the matchmaker for ``topic``'s servers now, on a thread of its own: the I/O thread must not
+        wait on the matchmaker. The next resend reads the result from the cache."""
+        if topic in self._refreshing:
+            return
+        self._refreshing.add(topic)
+
+        def refresh() -> None:
+            try:
+                self.routes.invalidate(topic)
+                self.routes.lookup(topic)
+            except MatchmakerError as exc:  # the cache logs the outage; the resend after next asks again
+                LOG.debug("route refresh for %r failed: %s", topic, exc)
+            finally:
+                self._refreshing.discard(topic)
+
+        threading.Thread(target=refresh, name=f"zmqrpc-refresh-{topic}", daemon=True).start()
 
     def _give_up_on(self, link: _Link) -> None:
         """No live connection within zmq_connect_timeout: reroute what waits on the link, or fail it."""
