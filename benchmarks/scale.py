@@ -45,7 +45,7 @@ import threading
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -166,32 +166,41 @@ def _limit_of(exc: BaseException) -> str:
     return "error"
 
 
+def _commands(conn: Any) -> Iterator[tuple[str, Any]]:
+    """Say ready, then the orchestrator's commands on ``conn``, until "stop" or a closed pipe."""
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            command, arg = conn.recv()
+        except EOFError:
+            return
+        if command == "stop":
+            return
+        yield command, arg
+
+
+def _server(url: str, options: dict[str, Any], host: str, address: str, topic: str, endpoint: object) -> Any:
+    """An RpcServer of ``topic`` for simulated ``host``, bound to ``address`` (not started)."""
+    from zmqrpc.server import RpcServer
+
+    return RpcServer(_settings(url, options, host, address), topic, [endpoint], server=host)
+
+
 def _server_process(conn: Any, url: str, options: dict[str, Any]) -> None:
     """Many simulated nodes in one process; answers the orchestrator's commands on ``conn``."""
     from zmqrpc.client import RpcClient
-    from zmqrpc.server import RpcServer
 
     _prepare_child()
     recorder = _Recorder()
     servers: list[Any] = []
     hosts: list[str] = []
     notifier: Any = None
-    conn.send(("ready", os.getpid()))
-    while True:
-        try:
-            command, arg = conn.recv()
-        except EOFError:
-            break
+    for command, arg in _commands(conn):
         if command == "start":
             started = time.monotonic()
             try:
                 for host, address in arg:
-                    server = RpcServer(
-                        _settings(url, options, host, address),
-                        NODE_TOPIC,
-                        [_NodeEndpoint(host, recorder)],
-                        server=host,
-                    )
+                    server = _server(url, options, host, address, NODE_TOPIC, _NodeEndpoint(host, recorder))
                     server.start()
                     servers.append(server)
                     hosts.append(host)
@@ -208,8 +217,6 @@ def _server_process(conn: Any, url: str, options: dict[str, Any]) -> None:
                     EVENTS_TOPIC, "info", "scale.event", {"tag": arg, "node": host}, publisher_id=host
                 )
             conn.send(("ok", len(hosts)))
-        elif command == "stop":
-            break
     if notifier is not None:
         notifier.close()
     with ThreadPoolExecutor(16) as pool:
@@ -227,15 +234,8 @@ def _client_process(conn: Any, url: str, options: dict[str, Any]) -> None:
     from zmqrpc.client import RpcClient
 
     _prepare_child()
-    conn.send(("ready", os.getpid()))
     client = None
-    while True:
-        try:
-            command, arg = conn.recv()
-        except EOFError:
-            break
-        if command == "stop":
-            break
+    for command, arg in _commands(conn):
         try:
             if client is None:
                 client = RpcClient(_settings(url, options, "scale-client", "127.0.0.1"))
@@ -290,26 +290,14 @@ def _reach(client: Any, hosts: list[str], timeout: float) -> tuple[float, list[s
 
 
 def _listener_process(conn: Any, url: str, options: dict[str, Any]) -> None:
-    from zmqrpc.server import RpcServer
 
     _raise_nofile()
     recorder = _Recorder()
-    server = RpcServer(
-        _settings(url, options, "scale-listener", "127.0.0.1"),
-        f"{EVENTS_TOPIC}.info",
-        [_ListenerEndpoint(recorder)],
-        server="scale-listener",
-    ).start()
-    conn.send(("ready", os.getpid()))
-    while True:
-        try:
-            command, arg = conn.recv()
-        except EOFError:
-            break
+    events = f"{EVENTS_TOPIC}.info"
+    server = _server(url, options, "scale-listener", "127.0.0.1", events, _ListenerEndpoint(recorder)).start()
+    for command, arg in _commands(conn):
         if command == "report":
             conn.send(("ok", recorder.report(arg)))
-        elif command == "stop":
-            break
     server.stop()
     conn.send(("stopped", 0))
 
@@ -823,6 +811,14 @@ def format_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _save(plt: Any, fig: Any, path: str) -> str:
+    """Write ``fig`` to ``path`` and free it; return the path."""
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot(records: list[dict[str, Any]], directory: str) -> list[str]:
     """Fanout time against N per topology, and connections (and fds) against N, measured and planned."""
     import matplotlib
@@ -853,11 +849,7 @@ def plot(records: list[dict[str, Any]], directory: str) -> list[str]:
     ax.set(xscale="log", yscale="log", xlabel="simulated nodes", ylabel="fanout to every node (ms)")
     ax.set_title("Fanout time (solid: measured, dotted: plan)", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(directory, "scale-fanout.png")
-    fig.savefig(path)
-    plt.close(fig)
-    paths.append(path)
+    paths.append(_save(plt, fig, os.path.join(directory, "scale-fanout.png")))
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), dpi=80)
     for name, rows in by_topology.items():
@@ -880,11 +872,7 @@ def plot(records: list[dict[str, Any]], directory: str) -> list[str]:
     axes[1].set_title("Each proxy (solid: ss, dotted: plan)", fontsize=10)
     for ax in axes:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(directory, "scale-connections.png")
-    fig.savefig(path)
-    plt.close(fig)
-    paths.append(path)
+    paths.append(_save(plt, fig, os.path.join(directory, "scale-connections.png")))
     return paths
 
 

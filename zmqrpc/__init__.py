@@ -11,23 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
+_ERRORS = (
     "CallTimeout",
     "ClientClosed",
     "ConfigError",
     "MatchmakerError",
     "NoRouteError",
     "RemoteError",
-    "Request",
-    "RpcClient",
-    "RpcServer",
-    "Settings",
     "Unreachable",
     "ZmqRpcError",
-    "__version__",
-    "load_settings",
-]
-
+)
 # name -> the module that defines it
 _EXPORTS = {
     "RpcClient": "zmqrpc.client",
@@ -35,35 +28,24 @@ _EXPORTS = {
     "Request": "zmqrpc.server",
     "Settings": "zmqrpc.config",
     "load_settings": "zmqrpc.config",
-    **{
-        name: "zmqrpc.errors"
-        for name in (
-            "CallTimeout",
-            "ClientClosed",
-            "ConfigError",
-            "MatchmakerError",
-            "NoRouteError",
-            "RemoteError",
-            "Unreachable",
-            "ZmqRpcError",
-        )
-    },
+    **dict.fromkeys(_ERRORS, "zmqrpc.errors"),
 }
+__all__ = ["__version__", *sorted(_EXPORTS)]
 
-if TYPE_CHECKING:
-    from zmqrpc.client import RpcClient
-    from zmqrpc.config import Settings, load_settings
-    from zmqrpc.errors import (
-        CallTimeout,
-        ClientClosed,
-        ConfigError,
-        MatchmakerError,
-        NoRouteError,
-        RemoteError,
-        Unreachable,
-        ZmqRpcError,
-    )
-    from zmqrpc.server import Request, RpcServer
+if TYPE_CHECKING:  # what the lazy __getattr__ below returns, for type checkers
+    from zmqrpc.client import RpcClient as RpcClient
+    from zmqrpc.config import Settings as Settings
+    from zmqrpc.config import load_settings as load_settings
+    from zmqrpc.errors import CallTimeout as CallTimeout
+    from zmqrpc.errors import ClientClosed as ClientClosed
+    from zmqrpc.errors import ConfigError as ConfigError
+    from zmqrpc.errors import MatchmakerError as MatchmakerError
+    from zmqrpc.errors import NoRouteError as NoRouteError
+    from zmqrpc.errors import RemoteError as RemoteError
+    from zmqrpc.errors import Unreachable as Unreachable
+    from zmqrpc.errors import ZmqRpcError as ZmqRpcError
+    from zmqrpc.server import Request as Request
+    from zmqrpc.server import RpcServer as RpcServer
 
 
 def __getattr__(name: str) -> Any:

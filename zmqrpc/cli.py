@@ -453,15 +453,8 @@ def run_proxy(args: argparse.Namespace, prog: str = "zmqrpc-proxy") -> int:
             if opts.local_publisher:
                 proxy = LocalPublisher(opts.settings, opts.host, opts.publisher_port, debug=opts.debug)
             else:
-                proxy = CentralProxy(
-                    opts.settings,
-                    opts.host,
-                    opts.frontend_port,
-                    opts.backend_port,
-                    opts.publisher_port,
-                    publish=opts.publish,
-                    debug=opts.debug,
-                )
+                ports = (opts.frontend_port, opts.backend_port, opts.publisher_port)
+                proxy = CentralProxy(opts.settings, opts.host, *ports, publish=opts.publish, debug=opts.debug)
             proxy.start()
         except ZmqRpcError as exc:
             if proxy is not None:

@@ -676,8 +676,8 @@ class ZmqDriver(base.BaseDriver):
         version: float,
         retry: int | None = None,
     ) -> None:
-        if self._dual is not None:
-            return self._dual.send_notification(target, ctxt, message, version, retry)
+        if self._dual is not None and self._dual.notifies_over_fallback(target):
+            return self._dual.fallback.send_notification(target, ctxt, message, version, retry=retry)
         return self.notify(target, ctxt, message)
 
     def notify(self, target: oslo_messaging.Target, ctxt: Any, message: dict[str, Any]) -> None:
@@ -811,16 +811,8 @@ class _DualBackend:
             transport_options=transport_options,
         )
 
-    def send_notification(
-        self,
-        target: oslo_messaging.Target,
-        ctxt: Any,
-        message: dict[str, Any],
-        version: float,
-        retry: int | None,
-    ) -> None:
+    def notifies_over_fallback(self, target: oslo_messaging.Target) -> bool:
+        """Whether a notification to ``target`` goes over the fallback: while ``zmq_fallback_fanout`` is set,
+        or when no zmq listener of it is registered (the fallback at least keeps it until one comes)."""
         full = self.zmq.zmq_topic(target)
-        if self.fanout_over_fallback or not (self.registered(full) or self.registered(pools_topic(full))):
-            # No zmq listener at all: the fallback at least keeps it until a listener comes.
-            return self.fallback.send_notification(target, ctxt, message, version, retry=retry)
-        return self.zmq.notify(target, ctxt, message)
+        return self.fanout_over_fallback or not (self.registered(full) or self.registered(pools_topic(full)))

@@ -26,10 +26,13 @@ Both expose ``start()``, ``stop()``, ``wait()`` and ``stats()`` (a JSON-ready di
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -64,6 +67,18 @@ def advertised(host: str, port: int) -> str:
     return format_host_port(host, port)
 
 
+@dataclasses.dataclass
+class _Link:
+    """One direction through a central proxy, in at ``into`` and out at ``out`` to a ``peer``, counted."""
+
+    into: str  # the ROUTER messages come in at
+    out: str  # the ROUTER they leave by
+    peer: str  # what the route frame names there: a server or a client
+    unknown: str  # what happens when no such peer is connected (for the debug log)
+    forwarded: int = 0
+    unroutable: int = 0
+
+
 def _short(ident: bytes) -> str:
     text = repr(ident)
     return text if len(text) <= 42 else text[:39] + "..."
@@ -95,10 +110,31 @@ class _Proxy:
     def stats(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _open(self) -> list[tuple[zmq.Socket, Callable[[list[bytes]], None]]]:
+        """Create and bind the sockets; return each one the loop reads, with the handler of one message."""
+        raise NotImplementedError
+
     def _shutdown_extra(self) -> None:
         """Release what the subclass holds besides sockets (called after the loop stopped)."""
 
     # --- shared ---
+    def _start_loop(self) -> bool:
+        """Open the sockets (all closed again if one fails) and start the loop; False if started already."""
+        if self._started:
+            return False
+        try:
+            watched = self._open()
+        except BaseException:
+            self._close_sockets()
+            raise
+        for sock, handler in watched:
+            self._loop.watch(sock, zmq.POLLIN, functools.partial(self._drain, sock, handler))
+        if self.debug:
+            self._loop.add_ticker(self._debug_ticker)
+        self._loop.start()
+        self._started = True
+        return True
+
     def _bind(self, sock: zmq.Socket, what: str, option: str, port: int) -> int:
         try:
             real = self._factory.bind_port(sock, self.bind_address, port)
@@ -109,6 +145,28 @@ class _Proxy:
                 f"[zmq_proxy_opts] {option}): {exc.__cause__ or exc}"
             ) from None
         return real
+
+    def _drain(self, sock: zmq.Socket, handle: Callable[[list[bytes]], None], _flags: int = 0) -> None:
+        """Handle up to BATCH messages waiting on ``sock``, one at a time."""
+        for _ in range(BATCH):
+            try:
+                frames = sock.recv_multipart(NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handle(frames)
+            except Exception as exc:  # one bad message must never stop the proxy
+                LOG.exception("zmqrpc %s: unexpected error handling a message", self.kind)
+                self.drops.drop("internal error", f"{type(exc).__name__}: {exc}")
+
+    def _send(self, sock: zmq.Socket, frames: list[bytes], reason: str) -> bool:
+        """Send without blocking; a message that cannot go now is dropped and counted under ``reason``."""
+        try:
+            sock.send_multipart(frames, NOBLOCK)
+        except zmq.ZMQError as exc:
+            self.drops.drop(reason, str(exc))
+            return False
+        return True
 
     def endpoint(self, port: int) -> str:
         return f"tcp://{self.bind_address}:{port}"
@@ -205,40 +263,35 @@ class CentralProxy(_Proxy):
         self._frontend: zmq.Socket | None = None
         self._backend: zmq.Socket | None = None
         self._pub: zmq.Socket | None = None
-        # Counters (written by the loop thread only).
-        self.forwarded_frontend_to_backend = 0
-        self.forwarded_backend_to_frontend = 0
+        # Counters (written by the loop thread only). A client that names an unknown server gets an
+        # UNROUTABLE notice back; a server that answers a client that is gone is only counted.
+        self._to_backend = _Link("frontend", "backend", "server", "UNROUTABLE")
+        self._to_frontend = _Link("backend", "frontend", "client", "counted")
         self.published = 0
-        self.unroutable_frontend = 0  # a client named an unknown server: UNROUTABLE notice sent back
-        self.unroutable_backend = 0  # a server answered a client that is gone: counted only
         self._publish_refused = 0  # publish requests to a proxy that does not publish
 
     # --- lifecycle ---
     def start(self) -> None:
         """Bind (raising ProxyError naming the port on failure), start forwarding, then register."""
-        if self._started:
-            return
-        try:
-            front = self._new_socket(self._factory.router())
-            back = self._new_socket(self._factory.router())
-            self.frontend_port = self._bind(front, "frontend", "frontend_port", self.frontend_port)
-            self.backend_port = self._bind(back, "backend", "backend_port", self.backend_port)
-            if self.publish:
-                pub = self._new_socket(self._factory.publisher())
-                self.publisher_port = self._bind(pub, "publisher", "publisher_port", self.publisher_port)
-                self._pub = pub
-            self._frontend, self._backend = front, back
-            if self._mm is None:
-                self._mm = create_matchmaker(self.settings)
-        except BaseException:
-            self._close_sockets()
-            raise
-        self._loop.watch(front, zmq.POLLIN, self._on_frontend)
-        self._loop.watch(back, zmq.POLLIN, self._on_backend)
-        if self.debug:
-            self._loop.add_ticker(self._debug_ticker)
-        self._loop.start()
-        self._started = True
+        if self._start_loop():
+            self._register()
+
+    def _open(self) -> list[tuple[zmq.Socket, Callable[[list[bytes]], None]]]:
+        front = self._new_socket(self._factory.router())
+        back = self._new_socket(self._factory.router())
+        self.frontend_port = self._bind(front, "frontend", "frontend_port", self.frontend_port)
+        self.backend_port = self._bind(back, "backend", "backend_port", self.backend_port)
+        if self.publish:
+            pub = self._new_socket(self._factory.publisher())
+            self.publisher_port = self._bind(pub, "publisher", "publisher_port", self.publisher_port)
+            self._pub = pub
+        self._frontend, self._backend = front, back
+        if self._mm is None:
+            self._mm = create_matchmaker(self.settings)
+        return [(front, self._from_frontend), (back, self._from_backend)]
+
+    def _register(self) -> None:
+        assert self._mm is not None
         zmq_opts = self.settings.zmq
         self._registrar = Registrar(self._mm, zmq_opts.zmq_target_expire, zmq_opts.zmq_target_update)
         for topic, address in self.registrations():
@@ -277,36 +330,16 @@ class CentralProxy(_Proxy):
     def stats(self) -> dict[str, Any]:
         dropped = self.drops.counts()
         return {
-            "forwarded_frontend_to_backend": self.forwarded_frontend_to_backend,
-            "forwarded_backend_to_frontend": self.forwarded_backend_to_frontend,
+            "forwarded_frontend_to_backend": self._to_backend.forwarded,
+            "forwarded_backend_to_frontend": self._to_frontend.forwarded,
             "published": self.published,
-            "unroutable_frontend": self.unroutable_frontend,
-            "unroutable_backend": self.unroutable_backend,
+            "unroutable_frontend": self._to_backend.unroutable,
+            "unroutable_backend": self._to_frontend.unroutable,
             "dropped": dropped,
             "dropped_total": sum(dropped.values()),
         }
 
     # --- the loop thread ---
-    def _on_frontend(self, _flags: int) -> None:
-        assert self._frontend is not None
-        self._drain(self._frontend, self._from_frontend)
-
-    def _on_backend(self, _flags: int) -> None:
-        assert self._backend is not None
-        self._drain(self._backend, self._from_backend)
-
-    def _drain(self, sock: zmq.Socket, handle: Any) -> None:
-        for _ in range(BATCH):
-            try:
-                frames = sock.recv_multipart(NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                handle(frames)
-            except Exception as exc:  # one bad message must never stop the proxy
-                LOG.exception("zmqrpc proxy: unexpected error handling a message")
-                self.drops.drop("internal error", f"{type(exc).__name__}: {exc}")
-
     def _invalid(self, frames: list[bytes], side: str) -> bool:
         """Drop and count a message that breaks the envelope rules a proxy checks; True if dropped."""
         peer = f"{side} peer {_short(frames[0])}"
@@ -340,28 +373,38 @@ class CentralProxy(_Proxy):
             self._publish(sender, header, route, topic, body)
             return
         assert self._backend is not None
+        if self._forward(self._to_backend, self._backend, [route, header, sender, topic, body]) is False:
+            self._notify_unroutable(sender, header, route)
+
+    def _forward(self, link: _Link, sock: zmq.Socket, frames: list[bytes]) -> bool | None:
+        """Send ``[route, header, sender, topic, body]`` out of ``link``'s outgoing ROUTER to the peer that
+        ``route`` names, and count it. True: sent. False: no such peer is connected. None: dropped."""
+        route, sender = frames[0], frames[2]
         try:
-            self._backend.send_multipart([route, header, sender, topic, body], NOBLOCK)
+            sock.send_multipart(frames, NOBLOCK)
         except zmq.Again:
-            self.drops.drop("backend queue full", f"server {_short(route)} at its high-water mark")
-            return
+            self.drops.drop(f"{link.out} queue full", f"{link.peer} {_short(route)} at its high-water mark")
+            return None
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
-                self.drops.drop("send failed", f"backend to {_short(route)}: {exc}")
-                return
-            self.unroutable_frontend += 1
+                self.drops.drop("send failed", f"{link.out} to {_short(route)}: {exc}")
+                return None
+            link.unroutable += 1
             if self.debug:
-                LOG.debug("frontend %s -> unknown server %s: UNROUTABLE", _short(sender), _short(route))
-            self._notify_unroutable(sender, header, route)
-            return
-        self.forwarded_frontend_to_backend += 1
+                LOG.debug(
+                    "%s %s -> unknown %s %s: %s",
+                    link.into,
+                    _short(sender),
+                    link.peer,
+                    _short(route),
+                    link.unknown,
+                )
+            return False
+        link.forwarded += 1
         if self.debug:
-            LOG.debug(
-                "frontend->backend %s -> %s, %d bytes",
-                _short(sender),
-                _short(route),
-                len(header) + len(route) + len(topic) + len(body),
-            )
+            size = sum(len(frame) for frame in frames) - len(sender)
+            LOG.debug("%s->%s %s -> %s, %d bytes", link.into, link.out, _short(sender), _short(route), size)
+        return True
 
     def _publish(self, sender: bytes, header: bytes, route: bytes, topic: bytes, body: bytes) -> None:
         if self._pub is None:
@@ -376,7 +419,7 @@ class CentralProxy(_Proxy):
                     _short(sender),
                     route[1:],
                 )
-            self.unroutable_frontend += 1
+            self._to_backend.unroutable += 1
             self._notify_unroutable(sender, header, route)
             return
         name = route[1:]
@@ -384,11 +427,8 @@ class CentralProxy(_Proxy):
             # An empty topic or one with a zero byte would break exact subscription matching.
             self.drops.drop("bad publish topic", repr(name[:40]), f"frontend peer {_short(sender)}")
             return
-        try:
-            # name + b"\x00" is protocol.subscription(topic): SUB filters match the topic exactly.
-            self._pub.send_multipart([name + b"\x00", header, sender, topic, body], NOBLOCK)
-        except zmq.ZMQError as exc:
-            self.drops.drop("publish failed", str(exc))
+        # name + b"\x00" is protocol.subscription(topic): SUB filters match the topic exactly.
+        if not self._send(self._pub, [name + b"\x00", header, sender, topic, body], "publish failed"):
             return
         self.published += 1
         if self.debug:
@@ -411,27 +451,7 @@ class CentralProxy(_Proxy):
             return
         server, header, route, topic, body = frames
         assert self._frontend is not None
-        try:
-            self._frontend.send_multipart([route, header, server, topic, body], NOBLOCK)
-        except zmq.Again:
-            self.drops.drop("frontend queue full", f"client {_short(route)} at its high-water mark")
-            return
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                self.drops.drop("send failed", f"frontend to {_short(route)}: {exc}")
-                return
-            self.unroutable_backend += 1
-            if self.debug:
-                LOG.debug("backend %s -> unknown client %s: counted", _short(server), _short(route))
-            return
-        self.forwarded_backend_to_frontend += 1
-        if self.debug:
-            LOG.debug(
-                "backend->frontend %s -> %s, %d bytes",
-                _short(server),
-                _short(route),
-                len(header) + len(route) + len(topic) + len(body),
-            )
+        self._forward(self._to_frontend, self._frontend, [route, header, server, topic, body])
 
 
 class LocalPublisher(_Proxy):
@@ -485,29 +505,20 @@ class LocalPublisher(_Proxy):
         return self._upstreams
 
     def start(self) -> None:
-        if self._started:
-            return
-        try:
-            xpub = self._new_socket(self._factory.xpub())
-            xsub = self._new_socket(self._factory.xsub())
-            self.publisher_port = self._bind(xpub, "publisher", "publisher_port", self.publisher_port)
-            self._xpub, self._xsub = xpub, xsub
-            self._drop_own_address()
-            if not self.subscribe_on and self._mm is None:
-                self._mm = create_matchmaker(self.settings)
-            if self.subscribe_on:
-                self._set_upstreams(list(self.subscribe_on))
-        except BaseException:
-            self._close_sockets()
-            raise
-        self._loop.watch(xpub, zmq.POLLIN, self._on_subscription)
-        self._loop.watch(xsub, zmq.POLLIN, self._on_published)
-        if self.debug:
-            self._loop.add_ticker(self._debug_ticker)
-        self._loop.start()
-        self._started = True
-        if not self.subscribe_on:
+        if self._start_loop() and not self.subscribe_on:
             self._refresher.start(first_delay=0.0)
+
+    def _open(self) -> list[tuple[zmq.Socket, Callable[[list[bytes]], None]]]:
+        xpub = self._new_socket(self._factory.xpub())
+        xsub = self._new_socket(self._factory.xsub())
+        self.publisher_port = self._bind(xpub, "publisher", "publisher_port", self.publisher_port)
+        self._xpub, self._xsub = xpub, xsub
+        self._drop_own_address()
+        if not self.subscribe_on and self._mm is None:
+            self._mm = create_matchmaker(self.settings)
+        if self.subscribe_on:
+            self._set_upstreams(list(self.subscribe_on))
+        return [(xpub, self._subscription), (xsub, self._republish)]
 
     def _is_self(self, address: str) -> bool:
         try:
@@ -600,43 +611,27 @@ class LocalPublisher(_Proxy):
             LOG.info("local publisher: left central publisher %s (no longer registered)", address)
         self._upstreams = tuple(sorted(self._connected))
 
-    def _on_subscription(self, _flags: int) -> None:
-        assert self._xpub is not None and self._xsub is not None
-        for _ in range(BATCH):
-            try:
-                frames = self._xpub.recv_multipart(NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                self._xsub.send_multipart(frames, NOBLOCK)
-            except zmq.ZMQError as exc:
-                self.drops.drop("subscription not forwarded", str(exc))
-                continue
-            self.subscription_changes += 1
-            if self.debug and frames and frames[0]:
-                verb = "subscribe" if frames[0][:1] == b"\x01" else "unsubscribe"
-                LOG.debug("local publisher: %s %r forwarded upstream", verb, frames[0][1:])
+    def _subscription(self, frames: list[bytes]) -> None:
+        assert self._xsub is not None
+        if not self._send(self._xsub, frames, "subscription not forwarded"):
+            return
+        self.subscription_changes += 1
+        if self.debug and frames and frames[0]:
+            verb = "subscribe" if frames[0][:1] == b"\x01" else "unsubscribe"
+            LOG.debug("local publisher: %s %r forwarded upstream", verb, frames[0][1:])
 
-    def _on_published(self, _flags: int) -> None:
-        assert self._xpub is not None and self._xsub is not None
-        for _ in range(BATCH):
-            try:
-                frames = self._xsub.recv_multipart(NOBLOCK)
-            except zmq.Again:
-                return
-            # A published message is [subscription, header, sender, topic, body].
-            if len(frames) != ROUTED_FRAMES:
-                self.drops.drop("bad frame count", f"{len(frames)} frames, expected {ROUTED_FRAMES}")
-                continue
-            size = len(frames[1]) + len(frames[3]) + len(frames[4])  # header, topic, body
-            if size > self._max_size:
-                self.drops.drop("oversized", f"{size} bytes (rpc_zmq_max_message_size {self._max_size})")
-                continue
-            try:
-                self._xpub.send_multipart(frames, NOBLOCK)
-            except zmq.ZMQError as exc:
-                self.drops.drop("publish failed", str(exc))
-                continue
-            self.republished += 1
-            if self.debug:
-                LOG.debug("local publisher: republished %r, %d bytes", frames[0][:-1], size)
+    def _republish(self, frames: list[bytes]) -> None:
+        assert self._xpub is not None
+        # A published message is [subscription, header, sender, topic, body].
+        if len(frames) != ROUTED_FRAMES:
+            self.drops.drop("bad frame count", f"{len(frames)} frames, expected {ROUTED_FRAMES}")
+            return
+        size = len(frames[1]) + len(frames[3]) + len(frames[4])  # header, topic, body
+        if size > self._max_size:
+            self.drops.drop("oversized", f"{size} bytes (rpc_zmq_max_message_size {self._max_size})")
+            return
+        if not self._send(self._xpub, frames, "publish failed"):
+            return
+        self.republished += 1
+        if self.debug:
+            LOG.debug("local publisher: republished %r, %d bytes", frames[0][:-1], size)
