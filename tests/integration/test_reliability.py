@@ -110,6 +110,7 @@ def test_the_reply_cache_stays_under_its_byte_limit(redis_server) -> None:
             assert client.call("big", "echo", {"data": payload}, timeout=10)["args"] == {"data": payload}
         cache = client.call("big", "reply_cache", timeout=5)
         grown = client.call("big", "rss", timeout=5) - rss_before
+        print(f"reply cache after 300 x 1 MB acked calls: {cache}, server RSS +{grown / MiB:.1f} MiB")
         assert cache["reply_bytes"] <= limit
         assert cache["evicted"] >= 290  # each reply is ~1 MB: about 8 fit
         assert cache["ids"] >= 300  # the ids stay: a late resend is recognised, not run again
@@ -166,11 +167,15 @@ def test_no_acked_cast_is_lost_across_three_sigkills(redis_server, tmp_path: Pat
         wait_for(lambda: len(_recorded(ledger)) == total, timeout=60)
         recorded = _recorded(ledger)
         lost = sorted(set(range(total)) - set(recorded))
+        reruns = sum(n - 1 for n in recorded.values())
+        print(
+            f"3 SIGKILLs under {total} acked casts: {len(lost)} lost, {reruns} ran twice, "
+            f"{client.resent} resent, {client.undelivered} undelivered"
+        )
         assert kills == 3
         assert lost == [], f"{len(lost)} acked-or-pending casts lost: {lost[:10]}"
         assert client.undelivered == 0
         # At least once: a cast whose handler ran but whose ack died with the server runs again.
-        reruns = sum(n - 1 for n in recorded.values())
         assert reruns <= 3 * options["rpc_thread_pool_size"], recorded.most_common(5)
     finally:
         bus.close()
@@ -197,6 +202,10 @@ def test_resends_wait_for_a_server_that_comes_back_on_another_port(redis_server,
         time.sleep(1.5)
         _ledger_server(bus, ledger, **options)
         wait_for(lambda: len(_recorded(ledger)) >= 250, timeout=60)
+        print(
+            f"server back on another port: {len(_recorded(ledger))} of 250 casts recorded, "
+            f"{client.resent} resent, {client.undelivered} undelivered"
+        )
         assert sorted(set(_recorded(ledger))) == list(range(250))
         assert client.undelivered == 0
     finally:
