@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from zmqrpc import protocol
+from zmqrpc import metrics, protocol
 from zmqrpc.errors import CallTimeout, ClientClosed, MatchmakerError, NoRouteError, RemoteError, Unreachable
 from zmqrpc.ioloop import IOLoop
 from zmqrpc.logonce import WarnOnce
@@ -123,6 +123,14 @@ class RpcClient:
         self.settings = settings
         opts = settings.zmq
         self._opts = opts
+        metrics.enable(opts.metrics_port, opts.metrics_bind_address)
+        self._metrics = m = metrics.current()
+        self._sent_metric = {
+            MessageType.CALL: m.sent_by_type["call"],
+            MessageType.CAST: m.sent_by_type["cast"],
+            MessageType.FANOUT: m.sent_by_type["fanout"],
+            MessageType.NOTIFY: m.sent_by_type["notify"],
+        }
         self._dynamic = bool(opts.use_dynamic_connections)
         self._via_proxy = bool(opts.use_router_proxy)
         self._pub_sub = bool(opts.use_pub_sub)
@@ -189,15 +197,26 @@ class RpcClient:
         """
         target, ordered, frames = self._prepare_call(topic, method, args, timeout, context, server)
         msg_id = frames[0][protocol.MSG_ID_OFFSET :]
-        if self._pool is not None:
-            sock = self._pool.send(ordered[0], frames)
-            if sock is not None:
-                # The caller's own socket: it waits for the reply right here, no other thread involved.
-                try:
-                    return _result(self._await_reply(sock, msg_id, timeout, monitor))
-                finally:
-                    self._pool.put(ordered[0], sock)
-        return self.wait(self._start_call(frames, target, ordered, not server, timeout), timeout, monitor)
+        measured = self._metrics
+        started = time.perf_counter()
+        measured.calls_in_flight.inc()
+        try:
+            if self._pool is not None:
+                sock = self._pool.send(ordered[0], frames)
+                if sock is not None:
+                    # The caller's own socket: it waits for the reply right here, no other thread involved.
+                    try:
+                        return _result(self._await_reply(sock, msg_id, timeout, monitor))
+                    finally:
+                        self._pool.put(ordered[0], sock)
+            future = self._start_call(frames, target, ordered, not server, timeout)
+            return self._wait(future, timeout, monitor)
+        except CallTimeout:
+            measured.call_timeouts.inc()
+            raise
+        finally:
+            measured.calls_in_flight.dec()
+            measured.call_duration.observe(time.perf_counter() - started)
 
     def call_async(
         self,
@@ -215,7 +234,18 @@ class RpcClient:
         ``heartbeat_at`` attribute is then the monotonic time of the last one.
         """
         target, ordered, frames = self._prepare_call(topic, method, args, timeout, context, server)
-        return self._start_call(frames, target, ordered, not server, timeout)
+        future = self._start_call(frames, target, ordered, not server, timeout)
+        measured = self._metrics
+        if measured is not metrics.OFF:
+            started = time.perf_counter()
+            measured.calls_in_flight.inc()
+
+            def finished(_: Future) -> None:
+                measured.calls_in_flight.dec()
+                measured.call_duration.observe(time.perf_counter() - started)
+
+            future.add_done_callback(finished)
+        return future
 
     def _prepare_call(
         self,
@@ -236,6 +266,13 @@ class RpcClient:
 
     def wait(self, future: Future, timeout: float, monitor: float | None = None) -> Any:
         """Wait for a call started with :meth:`call_async`; same errors (and ``monitor``) as :meth:`call`."""
+        try:
+            return self._wait(future, timeout, monitor)
+        except CallTimeout:
+            self._metrics.call_timeouts.inc()
+            raise
+
+    def _wait(self, future: Future, timeout: float, monitor: float | None) -> Any:
         started = time.monotonic()
         deadline = started + timeout
         while monitor:
@@ -264,6 +301,7 @@ class RpcClient:
     def _forget(self, future: Future) -> None:
         self._pending.pop(future.msg_id, None)  # type: ignore[attr-defined]
         self._tracking.pop(future.msg_id, None)  # type: ignore[attr-defined]
+        future.cancel()  # given up: done, for its callbacks (the in-flight gauge)
 
     def cast(
         self,
@@ -365,6 +403,7 @@ class RpcClient:
     def _frame(self, msg_type: MessageType, topic: str, body: dict, msg_id: bytes) -> list[bytes]:
         flags = Flags.WANTS_ACK if self._acks else Flags.NONE
         frames = protocol.encode(msg_type, topic, body, self._serializer, msg_id=msg_id, flags=flags)
+        self._sent_metric[msg_type].inc()
         size = sum(len(f) for f in frames)
         if size > self._max_size:
             raise ValueError(
@@ -383,7 +422,7 @@ class RpcClient:
         if not hosts:
             if strict:
                 raise NoRouteError(topic)
-            self.undelivered += 1
+            self._count_undelivered()
             LOG.warning("no server registered for topic %r: message not sent", topic)
         return hosts
 
@@ -468,9 +507,20 @@ class RpcClient:
                 self.drops.drop(exc.reason, exc.detail, "a server")
                 continue
             if env.type is MessageType.REPLY:
+                self._metrics.received_by_type["reply"].inc()
                 return env.body
             if env.type is MessageType.HEARTBEAT:
+                self._metrics.received_by_type["heartbeat"].inc()
                 alive = time.monotonic()
+
+    def _count_undelivered(self) -> None:
+        self.undelivered += 1
+        self._metrics.unroutable.inc()
+
+    def _hold_down(self, address: str) -> None:
+        """A server found dead: out of the routes for a while (see RoutingCache.forget_address)."""
+        self.routes.forget_address(address)
+        self._metrics.routes_held_down.inc()
 
     def _submit_route(self, ordered: list[str], out: _Outgoing) -> None:
         self._loop.submit(functools.partial(self._route, ordered, out))
@@ -589,6 +639,7 @@ class RpcClient:
             sock.connect(tcp_endpoint(address))
         link = _Link(sock, list(addresses), dynamic)
         self._links.add(link)
+        self._metrics.connections.inc()
         self._dynamic_links += dynamic
         self._loop.watch(sock, zmq.POLLIN, functools.partial(self._on_events, link))
         return link
@@ -624,6 +675,7 @@ class RpcClient:
         if link not in self._links:
             return
         self._links.discard(link)
+        self._metrics.connections.dec()
         if link.dynamic:
             self._dynamic_links -= 1
             if self._waiting:
@@ -681,13 +733,18 @@ class RpcClient:
             except protocol.ProtocolError as exc:
                 self.drops.drop(exc.reason, exc.detail, ",".join(link.addresses))
                 continue
+            received = self._metrics.received_by_type
             if env.type is MessageType.ACK:
+                received["ack"].inc()
                 self._on_ack(link, env.msg_id)
             elif env.type is MessageType.REPLY:
+                received["reply"].inc()
                 self._on_reply(link, env)
             elif env.type is MessageType.UNROUTABLE:
+                self._metrics.unroutable.inc()
                 self._on_unroutable(link, env)
             elif env.type is MessageType.HEARTBEAT:
+                received["heartbeat"].inc()
                 self._on_heartbeat(env.msg_id)
             else:
                 self.drops.drop("unexpected type", env.type.name, ",".join(link.addresses))
@@ -731,7 +788,7 @@ class RpcClient:
         server connects to a proxy that just started a little after clients may use it, and holding the
         server down then sent all its traffic to its peers), then another worker, or fail fast."""
         if env.route.startswith(protocol.PUBLISH):
-            self.undelivered += 1
+            self._count_undelivered()
             self._warn("a proxy does not publish: use_pub_sub must be the same on services and proxies")
             return
         gone = env.route.decode(errors="replace")
@@ -741,10 +798,10 @@ class RpcClient:
             if self._proxy_links.keys() - out.unroutable_via:
                 self._route([gone], out)
                 return
-        self.routes.forget_address(gone)
+        self._hold_down(gone)
         out = self._tracking.pop(env.msg_id, None)
         if out is None:
-            self.undelivered += 1
+            self._count_undelivered()
             LOG.warning("a proxy could not route a message to %s (not connected)", gone or "a publisher")
             return
         self._retry_elsewhere(out, f"server {gone} is not connected to the proxies")
@@ -773,7 +830,7 @@ class RpcClient:
             if not out.future.done():
                 out.future.set_exception(Unreachable(f"call to {out.topic!r} not delivered: {why}"))
         else:
-            self.undelivered += 1
+            self._count_undelivered()
             LOG.warning("message to %r not delivered: %s", out.topic, why)
 
     def _on_tick(self, now: float) -> None:
@@ -813,6 +870,7 @@ class RpcClient:
             out.attempts += 1
             out.ack_due = float("inf")
             self.resent += 1
+            self._metrics.resends.inc()
             hosts = self.routes.lookup_cached(out.topic)
             # The same server first, so its duplicate filter sees the resend; another if it is gone, unless
             # it had acked the call: running it elsewhere too would run it twice.
@@ -863,7 +921,7 @@ class RpcClient:
             link.down_until = time.monotonic() + PROXY_HOLD_DOWN
         else:
             for address in link.addresses:
-                self.routes.forget_address(address)
+                self._hold_down(address)
             self._close_link(link)
         for out in stuck:
             if not via_proxy:

@@ -313,6 +313,21 @@ ZMQ_OPTS: tuple[cfg.Opt, ...] = (
         help="zmqrpc: seconds between refreshes of the client routing cache from the matchmaker.",
     ),
     _zmq_opt(
+        cfg.IntOpt,
+        "metrics_port",
+        default=0,
+        min=0,
+        max=65535,
+        help="zmqrpc: serve Prometheus metrics of this process's clients and servers on this port (0: off). "
+        "A service with several worker processes sets PROMETHEUS_MULTIPROC_DIR; one of them serves the sum.",
+    ),
+    _zmq_opt(
+        cfg.StrOpt,
+        "metrics_bind_address",
+        default="127.0.0.1",
+        help="zmqrpc: address the metrics port listens on.",
+    ),
+    _zmq_opt(
         cfg.StrOpt,
         "zmq_fallback_transport_url",
         secret=True,
@@ -365,6 +380,15 @@ PROXY_OPTS: tuple[cfg.Opt, ...] = (
         default=False,
         deprecated_group="zmq_proxy_opt",
         help="Run as a local publisher that subscribes to the central publishers.",
+    ),
+    cfg.IntOpt(
+        "metrics_port",
+        default=0,
+        min=0,
+        max=65535,
+        deprecated_group="zmq_proxy_opt",
+        help="zmqrpc: serve the proxy's Prometheus metrics on this port (0: off), on "
+        "[oslo_messaging_zmq] metrics_bind_address.",
     ),
 )
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import msgpack
 
+from zmqrpc import metrics
 from zmqrpc.errors import ProtocolError
 
 LOG = logging.getLogger(__name__)
@@ -355,6 +356,7 @@ class DropCounter:
         self._lock = threading.Lock()
 
     def drop(self, reason: str, detail: str = "", peer: str = "") -> None:
+        metrics.current().dropped.labels(reason).inc()
         with self._lock:
             self._counts[reason] += 1
             count = self._counts[reason]

@@ -36,8 +36,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
-from zmqrpc import protocol
+from zmqrpc import metrics, protocol
 from zmqrpc.address import format_host_port, parse_host_port
 from zmqrpc.errors import BindError, ConfigError, MatchmakerError, ProxyError
 from zmqrpc.ioloop import IOLoop
@@ -77,6 +78,7 @@ class _Link:
     unknown: str  # what happens when no such peer is connected (for the debug log)
     forwarded: int = 0
     unroutable: int = 0
+    metric: Any = metrics.OFF.forwarded  # this direction's zmqrpc_proxy_forwarded_total
 
 
 def _short(ident: bytes) -> str:
@@ -97,6 +99,8 @@ class _Proxy:
         self._factory = SocketFactory(settings.zmq, context)
         self._max_size = int(settings.zmq.rpc_zmq_max_message_size)
         self.drops = protocol.DropCounter(f"zmqrpc {self.kind}")
+        metrics.enable(settings.proxy.metrics_port, settings.zmq.metrics_bind_address)
+        self._metrics = metrics.current()
         self._loop = IOLoop(f"zmqrpc-{self.kind.replace(' ', '-')}")
         self._sockets: list[zmq.Socket] = []
         self._started = False
@@ -127,6 +131,8 @@ class _Proxy:
         except BaseException:
             self._close_sockets()
             raise
+        if self._metrics is not metrics.OFF:
+            watched += [(self._monitor(sock), self._on_connection_event) for sock, _ in watched]
         for sock, handler in watched:
             self._loop.watch(sock, zmq.POLLIN, functools.partial(self._drain, sock, handler))
         if self.debug:
@@ -167,6 +173,17 @@ class _Proxy:
             self.drops.drop(reason, str(exc))
             return False
         return True
+
+    def _monitor(self, sock: zmq.Socket) -> zmq.Socket:
+        """A monitor of ``sock``'s accepted and closed connections, for zmqrpc_connections_open."""
+        return self._new_socket(sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED))
+
+    def _on_connection_event(self, frames: list[bytes]) -> None:
+        event = parse_monitor_message(frames)["event"]
+        if event == zmq.EVENT_ACCEPTED:
+            self._metrics.connections.inc()
+        elif event == zmq.EVENT_DISCONNECTED:
+            self._metrics.connections.dec()
 
     def endpoint(self, port: int) -> str:
         return f"tcp://{self.bind_address}:{port}"
@@ -265,8 +282,14 @@ class CentralProxy(_Proxy):
         self._pub: zmq.Socket | None = None
         # Counters (written by the loop thread only). A client that names an unknown server gets an
         # UNROUTABLE notice back; a server that answers a client that is gone is only counted.
-        self._to_backend = _Link("frontend", "backend", "server", "UNROUTABLE")
-        self._to_frontend = _Link("backend", "frontend", "client", "counted")
+        forwarded = self._metrics.forwarded
+        self._to_backend = _Link(
+            "frontend", "backend", "server", "UNROUTABLE", metric=forwarded.labels("frontend_to_backend")
+        )
+        self._to_frontend = _Link(
+            "backend", "frontend", "client", "counted", metric=forwarded.labels("backend_to_frontend")
+        )
+        self._published_metric = forwarded.labels("published")
         self.published = 0
         self._publish_refused = 0  # publish requests to a proxy that does not publish
 
@@ -390,6 +413,7 @@ class CentralProxy(_Proxy):
                 self.drops.drop("send failed", f"{link.out} to {_short(route)}: {exc}")
                 return None
             link.unroutable += 1
+            self._metrics.unroutable.inc()
             if self.debug:
                 LOG.debug(
                     "%s %s -> unknown %s %s: %s",
@@ -401,6 +425,7 @@ class CentralProxy(_Proxy):
                 )
             return False
         link.forwarded += 1
+        link.metric.inc()
         if self.debug:
             size = sum(len(frame) for frame in frames) - len(sender)
             LOG.debug("%s->%s %s -> %s, %d bytes", link.into, link.out, _short(sender), _short(route), size)
@@ -431,6 +456,7 @@ class CentralProxy(_Proxy):
         if not self._send(self._pub, [name + b"\x00", header, sender, topic, body], "publish failed"):
             return
         self.published += 1
+        self._published_metric.inc()
         if self.debug:
             LOG.debug(
                 "frontend->publisher %s topic %r, %d bytes",
@@ -497,6 +523,7 @@ class LocalPublisher(_Proxy):
         )
         self._mm_outage = False
         self.republished = 0
+        self._republished_metric = self._metrics.forwarded.labels("republished")
         self.subscription_changes = 0
 
     @property
@@ -633,5 +660,6 @@ class LocalPublisher(_Proxy):
         if not self._send(self._xpub, frames, "publish failed"):
             return
         self.republished += 1
+        self._republished_metric.inc()
         if self.debug:
             LOG.debug("local publisher: republished %r, %d bytes", frames[0][:-1], size)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zmqrpc import green, protocol
+from zmqrpc import green, metrics, protocol
 from zmqrpc.dedup import DuplicateFilter, Seen
 from zmqrpc.errors import NoSuchMethod, ReplyEvicted
 from zmqrpc.logonce import WarnOnce
@@ -281,6 +281,14 @@ class RpcServer:
         self.dispatcher: Dispatcher = dispatcher if callable(dispatcher) else EndpointDispatcher(dispatcher)
         self._serving = set(self.topics) | {f"{t}.{self.server}" for t in self.topics}
         self._serializer = protocol.get_serializer(opts.rpc_zmq_serialization)
+        metrics.enable(opts.metrics_port, opts.metrics_bind_address)
+        self._metrics = m = metrics.current()
+        self._received_metric = {
+            MessageType.CALL: m.received_by_type["call"],
+            MessageType.CAST: m.received_by_type["cast"],
+            MessageType.FANOUT: m.received_by_type["fanout"],
+            MessageType.NOTIFY: m.received_by_type["notify"],
+        }
         self._max_size = opts.rpc_zmq_max_message_size
         self._pool_size = max(1, opts.rpc_thread_pool_size)
         self._via_proxy = bool(opts.use_router_proxy)
@@ -528,6 +536,7 @@ class RpcServer:
         worker = _Worker(sock)
         with self._lock:
             self._worker_states.append(worker)
+        self._metrics.workers.inc()
         try:
             while True:
                 frames = sock.recv_multipart()
@@ -547,6 +556,7 @@ class RpcServer:
                 LOG.error("server %s: worker socket failed, worker stops: %s", self.server, exc)
         finally:
             sock.close()
+            self._metrics.workers.dec()
 
     def _handle(self, worker: _Worker, frames: list[bytes]) -> None:
         """Check one message, ack it if asked, run it, and send the reply on the worker's socket."""
@@ -573,6 +583,7 @@ class RpcServer:
         if prefix is None and env.type is not MessageType.FANOUT:
             self.drops.drop("unexpected type", f"{env.type.name} on the subscriber socket", source)
             return
+        self._received_metric[env.type].inc()
         acked = env.wants_ack and prefix is not None
         calls = env.type is MessageType.CALL and prefix is not None
         if acked:
@@ -583,6 +594,7 @@ class RpcServer:
             if state is not None:
                 # A resend after a lost ack or reply: never run it twice.
                 self.duplicates += 1
+                self._metrics.duplicates.inc()
                 self._answer_duplicate(worker, prefix, env, state)
                 return
         heartbeat = functools.partial(self._heartbeat, worker, prefix, env) if prefix and calls else None
@@ -616,10 +628,12 @@ class RpcServer:
         if acked:
             self._duplicates.remember_reply(env.msg_id, reply)
         self._send(worker, prefix, reply)
+        self._metrics.sent_by_type["reply"].inc()
 
     def _ack(self, worker: _Worker, prefix: bytes, env: Envelope) -> None:
         ack = protocol.encode(MessageType.ACK, "", {}, self._serializer, msg_id=env.msg_id, route=env.route)
         self._send(worker, prefix, ack)
+        self._metrics.sent_by_type["ack"].inc()
 
     def _answer_duplicate(
         self, worker: _Worker, prefix: bytes, env: Envelope, state: Seen | list[bytes]
@@ -641,6 +655,7 @@ class RpcServer:
             self._send(worker, prefix, self._heartbeat_frames(env))
 
     def _count_busy(self, change: int) -> None:
+        self._metrics.workers_busy.inc(change)
         with self._lock:
             self._busy += change
             if self._busy:
@@ -716,6 +731,7 @@ class RpcServer:
         with worker.lock:
             if worker.busy_with == env.msg_id:
                 self._send(worker, prefix, frames)
+                self._metrics.sent_by_type["heartbeat"].inc()
 
     def _heartbeat_frames(self, env: Envelope) -> list[bytes]:
         return protocol.encode(

@@ -41,6 +41,8 @@ ZMQ_DEFAULTS: dict[str, Any] = {
     "rpc_thread_pool_size": 100,
     "rpc_message_ttl": 300,
     "rpc_reply_cache_bytes": 64 * 1024 * 1024,
+    "metrics_port": 0,
+    "metrics_bind_address": "127.0.0.1",
     "rpc_use_acks": False,
     "rpc_ack_timeout_base": 15,
     "rpc_ack_timeout_multiplier": 2,
@@ -63,6 +65,7 @@ PROXY_DEFAULTS = {
     "backend_port": 0,
     "publisher_port": 0,
     "local_publisher": False,
+    "metrics_port": 0,
 }
 REDIS_DEFAULTS = {
     "host": "127.0.0.1",

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 
+from zmqrpc import metrics
 from zmqrpc.matchmaker.base import MatchMaker, MatchmakerError
 from zmqrpc.periodic import PeriodicTask
 
@@ -132,6 +133,7 @@ class RoutingCache:
         return live or hosts
 
     def _note_outage(self, exc: Exception) -> None:
+        metrics.current().cache_refresh_errors.inc()
         with self._lock:
             first = not self._outage
             self._outage = True
@@ -139,6 +141,7 @@ class RoutingCache:
             LOG.warning("matchmaker unreachable, serving cached routes until it returns: %s", exc)
 
     def _note_ok(self) -> None:
+        metrics.current().cache_refreshed.set(time.time())
         with self._lock:
             was_down, self._outage = self._outage, False
         if was_down:

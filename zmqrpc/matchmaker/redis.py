@@ -13,6 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from zmqrpc import metrics
 from zmqrpc.address import DEFAULT_REDIS_PORT, format_host_port, parse_host_port
 from zmqrpc.matchmaker.base import MatchMaker, MatchmakerError, check_target
 
@@ -165,6 +166,7 @@ class RedisMatchMaker(MatchMaker):
                 results.append(fn(backend))
             except REDIS_ERRORS as exc:
                 errors.append(f"{backend.label}: {describe_redis_error(exc)}")
+                metrics.current().matchmaker_errors.inc()
                 if backend.healthy:
                     backend.healthy = False
                     # Logged once per outage of that backend; the caller decides about the whole set.
