@@ -58,7 +58,7 @@ import zmq
 from benchmarks import nats_peer, report
 from benchmarks.measure import BenchError, Sample, Window, drive_threads, one_way
 from benchmarks.procs import START_TIMEOUT, ServerProcess, server_group, wait_ready, watch_stop
-from tests.servers import stop_process
+from tests.servers import free_port, stop_process
 
 LOG = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ class Case:
     call_mode: str  # "threads" or "async" for call; "threads" for cast and fanout
     serialization: str = "json"  # zmqrpc's rpc_zmq_serialization; the baselines send raw bytes
     fanout_servers: int = 3
+    metrics: bool = False  # Prometheus metrics on in the client and servers (metrics_port)
 
     @property
     def receivers(self) -> int:
@@ -193,6 +194,7 @@ def _record(case: Case, run: BenchRun, raw: Sample, rpc: Sample, nats: Sample | 
         "call_mode": case.call_mode,
         "payload_size": run.payload_size,
         "serialization": case.serialization,
+        "metrics": "on" if case.metrics else "off",
         "matchmaker": "dummy, shared by file" if isinstance(case.topology, ProxyTopology) else run.matchmaker,
         "receivers": case.receivers,
         "duration_s": round(rpc.seconds, 3),
@@ -494,10 +496,14 @@ class BenchRun:
             echo = case.pattern == "call"
             raw_procs = [start(f"raw-server{i}", _raw_server, echo) for i in range(n)]
             server_options = {**options, "rpc_zmq_bind_address": HOST}
-            rpc_args = (url, server_options, topic)
-            rpc_procs = [
-                start(f"zmqrpc-server{i}", _zmqrpc_server, *rpc_args, f"server{i}") for i in range(n)
-            ]
+            rpc_procs = []
+            for i in range(n):
+                if case.metrics:  # each server process serves its own metrics, as services do
+                    server_options = {**server_options, "metrics_port": free_port()}
+                rpc_args = (url, server_options, topic)
+                rpc_procs.append(start(f"zmqrpc-server{i}", _zmqrpc_server, *rpc_args, f"server{i}"))
+            if case.metrics:
+                options["metrics_port"] = free_port()  # the client's (this process: on from now)
             if with_nats:
                 start("nats-responder", nats_peer.nats_responder, self.nats_url, topic)
             wait_ready(procs)
@@ -588,6 +594,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"zmqrpc's serializer, each measured as its own figure: {', '.join(SERIALIZATIONS)} "
         f"({multi}; default both)",
     )
+    parser.add_argument(
+        "--metrics",
+        action="append",
+        help="off, on: Prometheus metrics (metrics_port) in the client and servers, each measured as its "
+        f"own figure; the off figures run first, since metrics stay on in this process once on ({multi}; "
+        "default off)",
+    )
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per figure (default 3)")
     parser.add_argument(
         "--warmup",
@@ -630,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
 # fmt: off
 TABLE = [  # title, record key, format; a line per group of columns
     ("topology", "topology", "{}"), ("pattern", "pattern", "{}"), ("N", "concurrency", "{}"),
-    ("mode", "call_mode", "{}"), ("ser", "serialization", "{}"),
+    ("mode", "call_mode", "{}"), ("ser", "serialization", "{}"), ("metrics", "metrics", "{}"),
     *report.FIGURE,
     ("raw msgs/s", "baseline_raw_pyzmq_msgs_per_s", "{:,.0f}"), ("raw p50", "baseline_p50_us", "{:,.0f}"),
     ("/raw", "ratio_to_baseline", "{:.2f}"),
@@ -669,6 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.serialization, ",".join(SERIALIZATIONS), SERIALIZATIONS, "--serialization"
         )
         concurrencies = [int(c) for c in _split(args.concurrency, "1,16")]
+        metrics_on = sorted({m == "on" for m in _choices(args.metrics, "off", ("off", "on"), "--metrics")})
     except (argparse.ArgumentTypeError, ValueError) as exc:
         parser.error(str(exc))
     if any(c < 1 for c in concurrencies):
@@ -691,11 +705,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = BenchRun(
             warmup=warmup, workdir=workdir, nats_url=nats_url, **{k: getattr(args, k) for k in shared}
         )
-        for topology, pattern, concurrency, serialization in itertools.product(
-            topologies, patterns, concurrencies, serializations
+        for metrics_on_now, topology, pattern, concurrency, serialization in itertools.product(
+            metrics_on, topologies, patterns, concurrencies, serializations
         ):
             for mode in call_modes if pattern == "call" else ["threads"]:
-                case = Case(topology, pattern, concurrency, mode, serialization, args.fanout_servers)
+                case = Case(
+                    topology, pattern, concurrency, mode, serialization, args.fanout_servers, metrics_on_now
+                )
                 try:
                     record = run.measure(case)
                 except Exception as exc:
