@@ -124,6 +124,19 @@ class BusMetrics:
             "zmqrpc_routing_cache_refresh_errors", "Routing cache refreshes that failed (matchmaker down)."
         )
         self.matchmaker_errors = counter("zmqrpc_matchmaker_errors", "Matchmaker requests that failed.")
+        self.registrations_refreshed = gauge(
+            "zmqrpc_registrations_refreshed_timestamp_seconds",
+            "When this process last wrote all its matchmaker registrations.",
+            mode="max",
+        )
+        self.registration_expire = gauge(
+            "zmqrpc_registration_expire_seconds",
+            "Lifetime of a registration in the matchmaker (zmq_target_expire; 0: never expires).",
+            mode="max",
+        )
+        self.auth_failures = counter(
+            "zmqrpc_auth_failures", "Peers refused by authentication (zmq_security = curve)."
+        )
         self.workers = gauge("zmqrpc_workers", "Server worker threads started.")
         self.workers_busy = gauge("zmqrpc_workers_busy", "Server workers running a request now.")
         self.forwarded = counter("zmqrpc_proxy_forwarded", "Messages a proxy forwarded.", ("direction",))
@@ -151,6 +164,9 @@ _METRIC_NAMES = (
     "cache_refreshed",
     "cache_refresh_errors",
     "matchmaker_errors",
+    "registrations_refreshed",
+    "registration_expire",
+    "auth_failures",
     "workers",
     "workers_busy",
     "forwarded",

@@ -112,6 +112,8 @@ def test_calls_and_casts_move_the_client_and_server_counters_by_what_was_sent(re
         assert value(after, "zmqrpc_workers") >= 1
         assert value(after, "zmqrpc_workers_busy") == 0
         assert value(after, "zmqrpc_routing_cache_refreshed_timestamp_seconds") == 0  # a server looks up none
+        assert value(after, "zmqrpc_registrations_refreshed_timestamp_seconds") > 0
+        assert value(after, "zmqrpc_registration_expire_seconds") == 5  # FAST's zmq_target_expire
     finally:
         bus.close()
 

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterable
 
+from zmqrpc import metrics
 from zmqrpc.matchmaker.base import MatchMaker, MatchmakerError, check_target
 from zmqrpc.periodic import PeriodicTask
 
@@ -91,6 +92,11 @@ class Registrar:
             was_down = self._outage and not self._pending
             if was_down:
                 self._outage = False
+            all_written = not self._pending
+        if all_written:
+            measured = metrics.current()
+            measured.registrations_refreshed.set(time.time())
+            measured.registration_expire.set(max(0, self._expire))
         if was_down:
             LOG.info("matchmaker reachable again, registrations restored")
 
