@@ -414,8 +414,10 @@ def _setup_proxy_logging(debug: bool, log_file: str | None) -> None:
 
 
 def _matchmaker_text(settings: Settings) -> str:
+    from zmqrpc.address import format_host_port
+
     if settings.matchmaker in ("redis", "sentinel"):
-        hosts = ",".join(f"{h}:{p}" for h, p in settings.redis_hosts)
+        hosts = ",".join(format_host_port(h, p) for h, p in settings.redis_hosts)
         return f"{settings.matchmaker} {hosts}"
     return str(settings.matchmaker)
 
