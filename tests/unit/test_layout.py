@@ -36,3 +36,18 @@ def test_every_module_opens_with_its_concept(path: Path) -> None:
     assert docstring, f"{path} has no module docstring"
     first = docstring.splitlines()[0]
     assert first.endswith(".") and len(first) <= 110, f"{path}: the first line is one sentence: {first!r}"
+
+
+def test_header_offsets_name_the_header_fields() -> None:
+    from zmqrpc import protocol
+
+    header = protocol.HEADER.pack(protocol.MAGIC, 1, 2, 3, 4, bytes(range(16)))
+    assert header[: protocol.VERSION_OFFSET] == protocol.MAGIC
+    fields = (
+        protocol.VERSION_OFFSET,
+        protocol.TYPE_OFFSET,
+        protocol.SERIALIZER_OFFSET,
+        protocol.FLAGS_OFFSET,
+    )
+    assert [header[offset] for offset in fields] == [1, 2, 3, 4]
+    assert header[protocol.MSG_ID_OFFSET :] == bytes(range(16))
