@@ -1,7 +1,8 @@
 """The zmqrpc agent: a small RPC server on every node, for smoke tests and for operators checking the bus.
 
-It serves topic ``zmqrpc-agent`` (and ``zmqrpc-agent.<host>``) with ``ping``, ``info``, ``record`` and
-``seen``, and listens for notifications on ``zmqrpc-agent.info`` so a notification can be checked end to end.
+It serves topic ``zmqrpc-agent`` (and ``zmqrpc-agent.<host>``) with ``ping``, ``info``, ``record``,
+``seen`` and ``stats`` (its message counters, for ``zmqrpc top``), and listens for notifications on
+``zmqrpc-agent.info`` so a notification can be checked end to end.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from zmqrpc import __version__
+from zmqrpc import __version__, metrics
 from zmqrpc.server import Request, RpcServer
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class AgentEndpoint:
         self.address = ""
         self._records: deque[Any] = deque(maxlen=RECORD_LIMIT)
         self._lock = threading.Lock()
+        self.servers: list[RpcServer] = []  # the agent's own servers, counted by stats() without metrics
+        self._stats_calls = 0
 
     def ping(self, ctxt: dict, **kwargs: Any) -> dict[str, Any]:
         return {"host": self.host, "pong": True, **kwargs}
@@ -75,6 +78,40 @@ class AgentEndpoint:
         with self._lock:
             return list(self._records)
 
+    def stats(self, ctxt: dict) -> dict[str, Any]:
+        """This process's message counters, for ``zmqrpc top``: by type from its metrics when metrics_port
+        is set, else what its servers processed. Stats calls are left out, so polling is not traffic."""
+        with self._lock:
+            self._stats_calls += 1
+            polls = self._stats_calls
+        bus = metrics.current()
+        if bus is not metrics.OFF:
+            source, received, sent = "metrics", _by_type(bus.received), _by_type(bus.sent)
+            received["call"] = max(0.0, received.get("call", 0.0) - polls)  # this call is counted already
+            sent["reply"] = max(0.0, sent.get("reply", 0.0) - (polls - 1))  # its reply is not sent yet
+            if self.settings.zmq.rpc_use_acks:  # calls are acked on receipt
+                sent["ack"] = max(0.0, sent.get("ack", 0.0) - polls)
+        else:  # a server counts a message once it is handled: this call is not counted yet
+            source, sent = "server", {}
+            received = {"all": float(max(0, sum(s.processed for s in self.servers) - (polls - 1)))}
+        return {
+            "host": self.host,
+            "source": source,
+            "received": received,
+            "sent": sent,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+        }
+
+
+def _by_type(counter: Any) -> dict[str, float]:
+    """``{type: value}`` of a counter labelled by message type (prometheus_client's collect())."""
+    return {
+        sample.labels["type"]: sample.value
+        for family in counter.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
 
 class Agent:
     """The agent's RPC server and its notification listener."""
@@ -86,6 +123,7 @@ class Agent:
         self.notifications = RpcServer(
             settings, f"{AGENT_NOTIFICATIONS}.info", self._on_notification, server=self.host
         )
+        self.endpoint.servers = [self.rpc, self.notifications]
 
     def _on_notification(self, request: Request) -> None:
         message = request.message

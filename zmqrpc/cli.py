@@ -1,4 +1,4 @@
-"""The ``zmqrpc`` command: ``proxy``, ``agent``, ``ping``, ``matchmaker`` and ``bench``.
+"""The ``zmqrpc`` command: ``proxy``, ``agent``, ``ping``, ``matchmaker``, ``health``, ``top`` and ``bench``.
 
 ``zmqrpc-proxy`` and ``oslo-messaging-zmq-proxy`` are :func:`proxy_main` (same as ``zmqrpc proxy``)."""
 
@@ -216,6 +216,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_arguments(plan_parser)
     plan_parser.set_defaults(func=plan.run)
+
+    from zmqrpc import health, top
+
+    health_parser = sub.add_parser(
+        "health",
+        help="check this node: matchmaker, own registrations, proxies, agent; one JSON line, exit 0/1/2",
+        description="Check the bus as this node sees it: the matchmaker answers, this host's agent "
+        "registrations are present and fresh, the proxies the topology needs are registered, and the local "
+        "agent answers a ping. Prints one JSON line with each check's name, status and detail.",
+        epilog=health.EXIT_CODES,
+    )
+    health.add_arguments(health_parser)
+    health_parser.set_defaults(func=health.run)
+
+    top_parser = sub.add_parser(
+        "top",
+        help="live view of the bus: hosts, topics, message rates, proxies, expiring registrations",
+        description=top.DESCRIPTION,
+    )
+    top.add_arguments(top_parser)
+    top_parser.set_defaults(func=top.run)
 
     # Dispatched in main() before parsing; listed here for --help.
     sub.add_parser(
