@@ -125,12 +125,7 @@ class RpcClient:
         self._opts = opts
         metrics.enable(opts.metrics_port, opts.metrics_bind_address)
         self._metrics = m = metrics.current()
-        self._sent_metric = {
-            MessageType.CALL: m.sent_by_type["call"],
-            MessageType.CAST: m.sent_by_type["cast"],
-            MessageType.FANOUT: m.sent_by_type["fanout"],
-            MessageType.NOTIFY: m.sent_by_type["notify"],
-        }
+        self._sent_metric = protocol.by_message_type(m.sent_by_type)
         self._dynamic = bool(opts.use_dynamic_connections)
         self._via_proxy = bool(opts.use_router_proxy)
         self._pub_sub = bool(opts.use_pub_sub)
@@ -225,8 +220,8 @@ class RpcClient:
         args: dict[str, Any] | None = None,
         *,
         timeout: float,
-        context: dict[str, Any] | None = None,
         server: str | None = None,
+        context: dict[str, Any] | None = None,
     ) -> Future:
         """Start a call; the returned future's ``msg_id`` attribute identifies it. Use :meth:`wait`.
 
@@ -327,8 +322,8 @@ class RpcClient:
         method: str,
         args: dict[str, Any] | None = None,
         *,
-        context: dict[str, Any] | None = None,
         strict: bool = False,
+        context: dict[str, Any] | None = None,
     ) -> int:
         """Send ``method`` to every server of ``topic``; returns how many servers it is meant for."""
         hosts = self._hosts(topic, strict)

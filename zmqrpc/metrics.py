@@ -70,109 +70,192 @@ class _Off:
         pass
 
 
+# Every metric: attribute, kind, name, help, labels, and for gauges how multiprocess mode combines the
+# processes' values (livesum: the live processes' sum; max: the latest timestamp).
+_DEFINITIONS: tuple[tuple[str, str, str, str, tuple[str, ...], str], ...] = (
+    ("sent", "counter", "zmqrpc_messages_sent", "Messages sent, by type.", ("type",), ""),
+    (
+        "received",
+        "counter",
+        "zmqrpc_messages_received",
+        "Messages received and taken, by type.",
+        ("type",),
+        "",
+    ),
+    (
+        "call_duration",
+        "histogram",
+        "zmqrpc_call_duration_seconds",
+        "Time from sending a call to its reply (or its failure), as the caller sees it.",
+        (),
+        "",
+    ),
+    (
+        "calls_in_flight",
+        "gauge",
+        "zmqrpc_calls_in_flight",
+        "Calls sent whose reply has not come yet.",
+        (),
+        "livesum",
+    ),
+    (
+        "call_timeouts",
+        "counter",
+        "zmqrpc_call_timeouts",
+        "Calls that got no reply within their timeout.",
+        (),
+        "",
+    ),
+    (
+        "resends",
+        "counter",
+        "zmqrpc_resends",
+        "Messages sent again because no ack came (rpc_use_acks).",
+        (),
+        "",
+    ),
+    (
+        "duplicates",
+        "counter",
+        "zmqrpc_duplicates_dropped",
+        "Resent messages a server did not run again.",
+        (),
+        "",
+    ),
+    (
+        "dropped",
+        "counter",
+        "zmqrpc_messages_dropped",
+        "Received messages dropped, by reason.",
+        ("reason",),
+        "",
+    ),
+    (
+        "unroutable",
+        "counter",
+        "zmqrpc_unroutable",
+        "Messages that found no server (UNROUTABLE answers, undelivered sends).",
+        (),
+        "",
+    ),
+    (
+        "routes_held_down",
+        "counter",
+        "zmqrpc_routes_held_down",
+        "Server addresses a client found dead and held out of its routes.",
+        (),
+        "",
+    ),
+    (
+        "cache_refreshed",
+        "gauge",
+        "zmqrpc_routing_cache_refreshed_timestamp_seconds",
+        "When the routing cache last read the matchmaker successfully (its age is time() minus this).",
+        (),
+        "max",
+    ),
+    (
+        "cache_refresh_errors",
+        "counter",
+        "zmqrpc_routing_cache_refresh_errors",
+        "Routing cache refreshes that failed (matchmaker down).",
+        (),
+        "",
+    ),
+    ("matchmaker_errors", "counter", "zmqrpc_matchmaker_errors", "Matchmaker requests that failed.", (), ""),
+    (
+        "registrations_refreshed",
+        "gauge",
+        "zmqrpc_registrations_refreshed_timestamp_seconds",
+        "When this process last wrote all its matchmaker registrations.",
+        (),
+        "max",
+    ),
+    (
+        "registration_expire",
+        "gauge",
+        "zmqrpc_registration_expire_seconds",
+        "Lifetime of a registration in the matchmaker (zmq_target_expire; 0: never expires).",
+        (),
+        "max",
+    ),
+    (
+        "auth_failures",
+        "counter",
+        "zmqrpc_auth_failures",
+        "Peers refused by authentication (zmq_security).",
+        (),
+        "",
+    ),
+    ("workers", "gauge", "zmqrpc_workers", "Server worker threads started.", (), "livesum"),
+    ("workers_busy", "gauge", "zmqrpc_workers_busy", "Server workers running a request now.", (), "livesum"),
+    ("forwarded", "counter", "zmqrpc_proxy_forwarded", "Messages a proxy forwarded.", ("direction",), ""),
+    (
+        "connections",
+        "gauge",
+        "zmqrpc_connections_open",
+        "Open connections (client links, proxy peers).",
+        (),
+        "livesum",
+    ),
+    (
+        "build_info",
+        "gauge",
+        "zmqrpc_build_info",
+        "Always 1; the labels say which zmqrpc runs.",
+        ("version", "python"),
+        "max",
+    ),
+)
+
+
 class BusMetrics:
-    """Every zmqrpc metric. Built once per process by :func:`enable`; :data:`OFF` holds no-op stand-ins."""
+    """Every zmqrpc metric, as attributes named in _DEFINITIONS. Built once per process by :func:`enable`;
+    :data:`OFF` holds no-op stand-ins."""
+
+    # The attributes _DEFINITIONS sets (prometheus_client metrics, or _Off).
+    sent: Any
+    received: Any
+    call_duration: Any
+    calls_in_flight: Any
+    call_timeouts: Any
+    resends: Any
+    duplicates: Any
+    dropped: Any
+    unroutable: Any
+    routes_held_down: Any
+    cache_refreshed: Any
+    cache_refresh_errors: Any
+    matchmaker_errors: Any
+    registrations_refreshed: Any
+    registration_expire: Any
+    auth_failures: Any
+    workers: Any
+    workers_busy: Any
+    forwarded: Any
+    connections: Any
+    build_info: Any
 
     def __init__(self, registry: Any = None, off: bool = False) -> None:
         if off:
-            for name in _METRIC_NAMES:
-                setattr(self, name, _Off())
-            self.sent_by_type = dict.fromkeys(MESSAGE_TYPES, _Off())
-            self.received_by_type = dict.fromkeys(MESSAGE_TYPES, _Off())
-            return
-        from prometheus_client import Counter, Gauge, Histogram
+            for attribute, *_ in _DEFINITIONS:
+                setattr(self, attribute, _Off())
+        else:
+            from prometheus_client import Counter, Gauge, Histogram
 
-        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Any:
-            return Counter(name, doc, labels, registry=registry)
-
-        def gauge(name: str, doc: str, mode: Any = "livesum", labels: tuple[str, ...] = ()) -> Any:
-            return Gauge(name, doc, labels, registry=registry, multiprocess_mode=mode)
-
-        self.sent = counter("zmqrpc_messages_sent", "Messages sent, by type.", ("type",))
-        self.received = counter(
-            "zmqrpc_messages_received", "Messages received and taken, by type.", ("type",)
-        )
-        self.call_duration = Histogram(
-            "zmqrpc_call_duration_seconds",
-            "Time from sending a call to its reply (or its failure), as the caller sees it.",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.calls_in_flight = gauge("zmqrpc_calls_in_flight", "Calls sent whose reply has not come yet.")
-        self.call_timeouts = counter("zmqrpc_call_timeouts", "Calls that got no reply within their timeout.")
-        self.resends = counter("zmqrpc_resends", "Messages sent again because no ack came (rpc_use_acks).")
-        self.duplicates = counter("zmqrpc_duplicates_dropped", "Resent messages a server did not run again.")
-        self.dropped = counter(
-            "zmqrpc_messages_dropped",
-            "Received messages dropped, by reason.",
-            ("reason",),
-        )
-        self.unroutable = counter(
-            "zmqrpc_unroutable",
-            "Messages that found no server (UNROUTABLE answers, undelivered sends).",
-        )
-        self.routes_held_down = counter(
-            "zmqrpc_routes_held_down",
-            "Server addresses a client found dead and held out of its routes.",
-        )
-        self.cache_refreshed = gauge(
-            "zmqrpc_routing_cache_refreshed_timestamp_seconds",
-            "When the routing cache last read the matchmaker successfully (its age is time() minus this).",
-            mode="max",
-        )
-        self.cache_refresh_errors = counter(
-            "zmqrpc_routing_cache_refresh_errors", "Routing cache refreshes that failed (matchmaker down)."
-        )
-        self.matchmaker_errors = counter("zmqrpc_matchmaker_errors", "Matchmaker requests that failed.")
-        self.registrations_refreshed = gauge(
-            "zmqrpc_registrations_refreshed_timestamp_seconds",
-            "When this process last wrote all its matchmaker registrations.",
-            mode="max",
-        )
-        self.registration_expire = gauge(
-            "zmqrpc_registration_expire_seconds",
-            "Lifetime of a registration in the matchmaker (zmq_target_expire; 0: never expires).",
-            mode="max",
-        )
-        self.auth_failures = counter(
-            "zmqrpc_auth_failures", "Peers refused by authentication (zmq_security = curve)."
-        )
-        self.workers = gauge("zmqrpc_workers", "Server worker threads started.")
-        self.workers_busy = gauge("zmqrpc_workers_busy", "Server workers running a request now.")
-        self.forwarded = counter("zmqrpc_proxy_forwarded", "Messages a proxy forwarded.", ("direction",))
-        self.connections = gauge("zmqrpc_connections_open", "Open connections (client links, proxy peers).")
-        self.build_info = gauge(
-            "zmqrpc_build_info", "Always 1; the labels say which zmqrpc runs.", "max", ("version", "python")
-        )
-        self.build_info.labels(__version__, platform.python_version()).set(1)
+            for attribute, kind, name, doc, labels, mode in _DEFINITIONS:
+                if kind == "counter":
+                    metric: Any = Counter(name, doc, labels, registry=registry)
+                elif kind == "gauge":
+                    metric = Gauge(name, doc, labels, registry=registry, multiprocess_mode=mode)  # type: ignore[arg-type]
+                else:
+                    metric = Histogram(name, doc, labels, registry=registry, buckets=LATENCY_BUCKETS)
+                setattr(self, attribute, metric)
+            self.build_info.labels(__version__, platform.python_version()).set(1)
         # Children bound once: labels() is a dict lookup and a lock on every call.
         self.sent_by_type = {t: self.sent.labels(t) for t in MESSAGE_TYPES}
         self.received_by_type = {t: self.received.labels(t) for t in MESSAGE_TYPES}
 
-
-_METRIC_NAMES = (
-    "sent",
-    "received",
-    "call_duration",
-    "calls_in_flight",
-    "call_timeouts",
-    "resends",
-    "duplicates",
-    "dropped",
-    "unroutable",
-    "routes_held_down",
-    "cache_refreshed",
-    "cache_refresh_errors",
-    "matchmaker_errors",
-    "registrations_refreshed",
-    "registration_expire",
-    "auth_failures",
-    "workers",
-    "workers_busy",
-    "forwarded",
-    "connections",
-    "build_info",
-)
 
 OFF = BusMetrics(off=True)
 _current = OFF

@@ -35,8 +35,9 @@ import os
 import struct
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -44,6 +45,7 @@ from zmqrpc import metrics
 from zmqrpc.errors import ProtocolError
 
 LOG = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MAGIC = b"ZR"
 VERSION = 1
@@ -67,6 +69,11 @@ class MessageType(enum.IntEnum):
     ACK = 6
     UNROUTABLE = 7  # sent by a proxy: the route frame names no connected peer
     HEARTBEAT = 8  # server -> caller while a call runs (call monitoring); empty body
+
+
+def by_message_type(by_name: Mapping[str, _T]) -> dict[MessageType, _T]:
+    """``by_name`` (keyed "call", "cast", ...) keyed by MessageType instead: a dict lookup on the hot path."""
+    return {t: by_name[t.name.lower()] for t in MessageType if t.name.lower() in by_name}
 
 
 class Flags(enum.IntFlag):

@@ -156,10 +156,8 @@ class _Device:
         drain_endpoint: str | None = None,
     ) -> None:
         self.name = name
-        self.frontend = frontend
-        self.backend = backend
-        self._factory = factory
-        self._drain_endpoint = drain_endpoint
+        self.frontend, self.backend = frontend, backend  # owned by the device while it runs
+        self._factory, self._drain_endpoint = factory, drain_endpoint
         endpoint = f"inproc://zmqrpc-control-{uuid.uuid4().hex}"
         self._control_in = factory.inproc(zmq.PAIR)
         self._control_in.bind(endpoint)
@@ -283,12 +281,7 @@ class RpcServer:
         self._serializer = protocol.get_serializer(opts.rpc_zmq_serialization)
         metrics.enable(opts.metrics_port, opts.metrics_bind_address)
         self._metrics = m = metrics.current()
-        self._received_metric = {
-            MessageType.CALL: m.received_by_type["call"],
-            MessageType.CAST: m.received_by_type["cast"],
-            MessageType.FANOUT: m.received_by_type["fanout"],
-            MessageType.NOTIFY: m.received_by_type["notify"],
-        }
+        self._received_metric = protocol.by_message_type(m.received_by_type)
         self._max_size = opts.rpc_zmq_max_message_size
         self._pool_size = max(1, opts.rpc_thread_pool_size)
         self._via_proxy = bool(opts.use_router_proxy)
