@@ -59,6 +59,12 @@ BATCH = 256
 DEBUG_STATS_INTERVAL = 10.0
 # A published topic longer than this is refused (the same limit the envelope puts on topics).
 _MAX_PUBLISH_ROUTE = 1 + protocol.MAX_TOPIC_LENGTH
+# The largest message a PUB or XPUB accepts from a subscriber (libzmq MAXMSGSIZE): a subscription is a
+# marker byte and a topic of at most MAX_TOPIC_LENGTH bytes plus its zero byte (ZMTP 3.1 adds a 10-byte
+# SUBSCRIBE command name). libzmq keeps a subscription as one trie node per byte: one 1 MB subscription
+# grew a PUB by 48 MB, and by 114 MB once its peer left (never given back); an XSUB that holds one (a local
+# publisher forwards them upstream) segfaults when it is closed.
+MAX_SUBSCRIPTION = 64 + protocol.MAX_TOPIC_LENGTH
 # Host names that mean "this node" in a subscribe_on entry.
 _LOCAL_NAMES = frozenset({"localhost", "ip6-localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "*"})
 
@@ -306,6 +312,7 @@ class CentralProxy(_Proxy):
         self.backend_port = self._bind(back, "backend", "backend_port", self.backend_port)
         if self.publish:
             pub = self._new_socket(self._factory.publisher())
+            pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)  # all a PUB receives is subscriptions
             self.publisher_port = self._bind(pub, "publisher", "publisher_port", self.publisher_port)
             self._pub = pub
         self._frontend, self._backend = front, back
@@ -537,6 +544,7 @@ class LocalPublisher(_Proxy):
 
     def _open(self) -> list[tuple[zmq.Socket, Callable[[list[bytes]], None]]]:
         xpub = self._new_socket(self._factory.xpub())
+        xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)  # all an XPUB receives is subscriptions
         xsub = self._new_socket(self._factory.xsub())
         self.publisher_port = self._bind(xpub, "publisher", "publisher_port", self.publisher_port)
         self._xpub, self._xsub = xpub, xsub
@@ -640,6 +648,10 @@ class LocalPublisher(_Proxy):
 
     def _subscription(self, frames: list[bytes]) -> None:
         assert self._xsub is not None
+        if len(frames) != 1 or frames[0][:1] not in (b"\x00", b"\x01"):
+            # Anything but one (un)subscribe frame would go upstream as it is: count it instead.
+            self.drops.drop("bad subscription", f"{len(frames)} frames, first {frames[0][:16]!r}")
+            return
         if not self._send(self._xsub, frames, "subscription not forwarded"):
             return
         self.subscription_changes += 1
