@@ -7,6 +7,7 @@ It serves topic ``zmqrpc-agent`` (and ``zmqrpc-agent.<host>``) with ``ping``, ``
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -25,6 +26,10 @@ LOG = logging.getLogger(__name__)
 AGENT_TOPIC = "zmqrpc-agent"
 AGENT_NOTIFICATIONS = "zmqrpc-agent"  # notifications go to zmqrpc-agent.<priority>
 RECORD_LIMIT = 1000
+# Largest tag (as json) the agent records. Smoke-test tags are ~40 bytes; without a bound, 1000 records of
+# up to rpc_zmq_max_message_size each let any peer grow the agent by gigabytes (fuzzing found +290 MB from
+# 300 one-megabyte records).
+RECORD_MAX_BYTES = 4096
 
 
 def topology_name(zmq_opts: OptionValues) -> str:
@@ -71,6 +76,12 @@ class AgentEndpoint:
         }
 
     def record(self, ctxt: dict, tag: Any) -> None:
+        try:
+            size = len(json.dumps(tag, default=repr))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ValueError(f"record: the tag cannot be measured: {exc}") from None
+        if size > RECORD_MAX_BYTES:
+            raise ValueError(f"record: a {size}-byte tag is over the limit ({RECORD_MAX_BYTES} bytes)")
         with self._lock:
             self._records.append(tag)
 
