@@ -64,3 +64,24 @@ def tmp_ring(tmp_path: Path) -> Callable[[Any], str]:
         return str(path)
 
     return write
+
+
+# --- Fuzzing (tests/integration/test_fuzz.py) -----------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz-seconds",
+        type=float,
+        default=0.0,
+        help="fuzz each socket for about this many seconds, with new seeds (default 0: a fixed seed and a "
+        "short budget, as CI runs it)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    seconds = config.getoption("--fuzz-seconds")
+    if seconds:  # a long fuzz run must not hit the suite's per-test timeout
+        for item in items:
+            if item.path.name == "test_fuzz.py":
+                item.add_marker(pytest.mark.timeout(seconds + 180))
