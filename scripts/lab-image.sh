@@ -20,8 +20,13 @@ IMAGE=${ZMQRPC_LAB_IMAGE:-localhost/zmqrpc-lab:bookworm}
 CACHE=${ZMQRPC_LAB_CACHE:-/var/cache/zmqrpc-lab}
 SUITE=bookworm
 # Bump when the in-chroot preparation below changes, to invalidate cached rootfs tarballs.
-ROOTFS_RECIPE=2
+ROOTFS_RECIPE=3
 INCLUDE=systemd,systemd-sysv,python3,python3-apt,sudo,iproute2,ca-certificates,procps
+# What the roles install (roles/*/vars/Debian.yml), installed in advance so that every scenario's converge
+# finds them present instead of downloading and unpacking them on every host. The roles keep their install
+# tasks (a stock systemd image works too); the services stay disabled here, the roles enable what a host needs.
+PRESEED_PACKAGES=(redis-server redis-tools redis-sentinel python3-redis iptables iptables-persistent python3-venv)
+PRESEED_SERVICES=(redis-server redis-sentinel netfilter-persistent)
 
 force=0
 fresh=0
@@ -116,7 +121,7 @@ fi
 log "mirror from this machine's apt sources: $mirror"
 
 # --- the rootfs, cached -----------------------------------------------------------
-key=$(printf '%s\n' "$ROOTFS_RECIPE" "$SUITE" "$mirror" "$INCLUDE" | sha256sum | cut -c1-12)
+key=$(printf '%s\n' "$ROOTFS_RECIPE" "$SUITE" "$mirror" "$INCLUDE" "${PRESEED_PACKAGES[*]}" | sha256sum | cut -c1-12)
 tarball=$CACHE/rootfs-$SUITE-$key.tar
 mkdir -p "$CACHE"
 work=$(mktemp -d "$CACHE/build.XXXXXX")
@@ -142,6 +147,32 @@ if ((fresh)) || [[ ! -s $tarball ]]; then
     # Prepare a container host: systemd generates its machine-id at first boot; no
     # downloaded .debs. The package lists stay, as on any installed Debian host (so
     # --check on a fresh host can tell what it would install).
+    # The roles' packages: no daemon starts in the chroot (policy-rc.d), iptables-persistent saves no
+    # rules (the chroot would see this machine's), and the services are left disabled.
+    log "installing the roles' packages: ${PRESEED_PACKAGES[*]}"
+    printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
+    chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
+    printf '%s\n' 'iptables-persistent iptables-persistent/autosave_v4 boolean false' \
+        'iptables-persistent iptables-persistent/autosave_v6 boolean false' |
+        chroot "$rootfs" debconf-set-selections
+    for conf in /etc/apt/apt.conf.d/*; do  # this machine's apt network settings (copied again below)
+        if [[ -f $conf ]] && grep -q '^[[:space:]]*Acquire' "$conf"; then
+            install -m 0644 "$conf" "$rootfs/etc/apt/apt.conf.d/$(basename "$conf")"
+        fi
+    done
+    [[ -d /etc/apt/auth.conf.d ]] && cp -a /etc/apt/auth.conf.d/. "$rootfs/etc/apt/auth.conf.d/"
+    mount -t proc proc "$rootfs/proc"
+    chroot "$rootfs" apt-get update -qq >>"$work/debootstrap.log" 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive chroot "$rootfs" apt-get install -y -q --no-install-recommends \
+            "${PRESEED_PACKAGES[@]}" >>"$work/debootstrap.log" 2>&1 || {
+        umount -l "$rootfs/proc" || true
+        tail -n 30 "$work/debootstrap.log" >&2
+        log "installing ${PRESEED_PACKAGES[*]} failed (the last lines of the log are above)" >&2
+        exit 1
+    }
+    umount -l "$rootfs/proc"
+    chroot "$rootfs" systemctl disable --quiet "${PRESEED_SERVICES[@]}"
+    rm -f "$rootfs/usr/sbin/policy-rc.d" "$rootfs"/etc/iptables/rules.v4 "$rootfs"/etc/iptables/rules.v6
     : >"$rootfs/etc/machine-id"
     rm -f "$rootfs/var/lib/dbus/machine-id"
     chroot "$rootfs" apt-get clean
@@ -203,7 +234,7 @@ tar -C "$rootfs" --numeric-owner -c . | podman import \
     --change 'CMD ["/sbin/init"]' \
     --change 'ENV container=podman' \
     --change 'STOPSIGNAL SIGRTMIN+3' \
-    --message "zmqrpc lab base: Debian $SUITE minbase + systemd, python3" \
+    --message "zmqrpc lab base: Debian $SUITE minbase + systemd, python3, the roles' packages" \
     --quiet - "$IMAGE" >/dev/null
 log "imported $IMAGE ($((SECONDS - start)) s)"
 # the image this one replaced, now untagged (kept if a container still uses it)
