@@ -13,7 +13,7 @@ from zmqrpc_lab import CONFIG_FILE, GROUP_VARS, HOSTS, VENV, address_of, lab_hos
 __all__ = ["CONFIG_FILE", "GROUP_VARS", "HOSTS", "VENV", "address_of", "lab_host", "wait_until"]
 
 PASSWORD = GROUP_VARS["redis"]["redis_server_password"]
-MASTER_NAME = GROUP_VARS["redis"].get("redis_sentinel_master_name", "zmqrpc")
+MASTER_NAME = GROUP_VARS["redis_sentinel"].get("redis_sentinel_master_name", "zmqrpc")
 
 
 def pytest_configure(config):

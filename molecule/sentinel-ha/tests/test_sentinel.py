@@ -29,7 +29,7 @@ def test_sentinel_runs_from_its_own_file_owned_by_redis(host):
 
 def test_sentinel_uses_the_inventory_settings(host):
     master = sentinel_master(host)
-    wanted = GROUP_VARS["redis"]
+    wanted = GROUP_VARS["redis_sentinel"]
     assert master["quorum"] == str(wanted["redis_sentinel_quorum"])
     assert master["down-after-milliseconds"] == str(wanted["redis_sentinel_down_after_milliseconds"])
     assert master["failover-timeout"] == str(wanted["redis_sentinel_failover_timeout"])

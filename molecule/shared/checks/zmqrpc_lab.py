@@ -32,10 +32,51 @@ with open(os.environ["MOLECULE_FILE"], encoding="utf-8") as _stream:
 SCENARIO = os.environ.get("MOLECULE_SCENARIO_NAME") or os.path.basename(
     os.path.dirname(os.environ["MOLECULE_FILE"])
 )
+# MOLECULE_FILE may be molecule's copy in its ephemeral directory: the scenario's own directory is this one.
+_SCENARIO_DIR = os.environ.get("MOLECULE_SCENARIO_DIRECTORY") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), SCENARIO
+)
+_PROJECT_DIR = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.dirname(os.path.dirname(_SCENARIO_DIR))
 HOSTS: list[str] = [platform["name"] for platform in MOLECULE["platforms"]]
-_INVENTORY = MOLECULE.get("provisioner", {}).get("inventory", {})
-GROUP_VARS: dict[str, dict[str, Any]] = _INVENTORY.get("group_vars", {}) or {}
-VARS: dict[str, Any] = GROUP_VARS.get("all", {}) or {}
+
+
+def _load(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as stream:
+        return yaml.safe_load(stream) or {}
+
+
+def _extra_vars() -> dict[str, Any]:
+    """The lab's own settings: the --extra-vars of the scenario's ansible_args (or the shared config's)."""
+    args = MOLECULE.get("provisioner", {}).get("ansible_args")
+    if args is None:
+        shared = _load(os.path.join(_PROJECT_DIR, ".config", "molecule", "config.yml"))
+        args = shared.get("provisioner", {}).get("ansible_args", [])
+    found: dict[str, Any] = {}
+    for arg in args:
+        if not arg.startswith("--extra-vars="):
+            continue
+        value = arg.removeprefix("--extra-vars=").replace("${MOLECULE_PROJECT_DIRECTORY}", _PROJECT_DIR)
+        found.update(_load(value[1:]) if value.startswith("@") else yaml.safe_load(value))
+    return found
+
+
+def _group_vars() -> dict[str, dict[str, Any]]:
+    """Each group's variables as a host of that group sees them: the example inventory's group_vars the
+    scenario links (all.yml, then <group>.yml), then the lab's extra vars."""
+    links = MOLECULE.get("provisioner", {}).get("inventory", {}).get("links", {})
+    directory = os.path.join(_SCENARIO_DIR, links.get("group_vars", f"../../inventory/{SCENARIO}/group_vars"))
+    files = {
+        os.path.splitext(entry)[0]: _load(os.path.join(directory, entry))
+        for entry in sorted(os.listdir(directory))
+        if entry.endswith((".yml", ".yaml"))
+    }
+    extra = _extra_vars()
+    groups = {"all"} | {g for platform in MOLECULE["platforms"] for g in platform.get("groups", [])}
+    return {g: {**files.get("all", {}), **files.get(g, {}), **extra} for g in sorted(groups)}
+
+
+GROUP_VARS: dict[str, dict[str, Any]] = _group_vars()
+VARS: dict[str, Any] = GROUP_VARS["all"]
 
 
 def group(name: str) -> list[str]:
