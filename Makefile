@@ -11,26 +11,35 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
 VENV ?= .venv
-PYTHON ?= python3
-VENV_STAMP := $(VENV)/.requirements-ansible.stamp
 # molecule and ansible-lint call ansible-* tools by name
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
+# Output that is not a terminal (CI logs, `make ... > file`), or NO_COLOR set: no colour codes and no box
+# characters. molecule decides on colour from TERM before it looks at the terminal, and passes it to ansible.
+ifeq ($(shell test -t 2 && echo tty),)
+NO_COLOR ?= 1
+endif
+ifneq ($(NO_COLOR),)
+export NO_COLOR
+export PY_COLORS := 0
+export ANSIBLE_NOCOLOR := 1
+export ANSIBLE_FORCE_COLOR := 0
+MOLECULE_OUTPUT := --no-command-borders
+endif
+
 .PHONY: venv-ansible lint-ansible test-modules redis-binaries lab-prereqs lab-image molecule-% deploy destroy
 
-venv-ansible: $(VENV_STAMP)
+# The project venv, with its one stamp (.venv/.zmqrpc-deps): scripts/dev-setup.sh only checks it when
+# nothing changed, so `make lint-ansible` right after set-up installs nothing.
+venv-ansible:
+	VENV_ONLY=1 bash scripts/dev-setup.sh
 
-$(VENV_STAMP): requirements-ansible.txt
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -r requirements-ansible.txt
-	touch $@
-
-lint-ansible: $(VENV_STAMP)
+lint-ansible: venv-ansible
 	$(VENV)/bin/yamllint --strict .
 	$(VENV)/bin/ansible-lint --profile production
 	$(VENV)/bin/python scripts/check_argument_specs.py
 
-test-modules: $(VENV_STAMP) redis-binaries
+test-modules: venv-ansible redis-binaries
 	ZMQRPC_REQUIRE_REDIS=1 $(VENV)/bin/python -m pytest -p no:cacheprovider tests/modules
 
 # The module tests start their own redis-server / redis-sentinel on ports they pick.
@@ -44,10 +53,10 @@ lab-prereqs:
 lab-image: lab-prereqs
 	bash scripts/lab-image.sh
 
-molecule-%: $(VENV_STAMP) lab-image
+molecule-%: venv-ansible lab-image
 	@test -f molecule/$*/molecule.yml || { echo "no scenario molecule/$*" >&2; exit 1; }
 	start=$$(date +%s); \
-	$(VENV)/bin/molecule test -s $*; \
+	$(VENV)/bin/molecule test $(MOLECULE_OUTPUT) -s $*; \
 	echo "molecule scenario $* passed in $$(( $$(date +%s) - start )) s"
 
 deploy:

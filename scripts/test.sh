@@ -7,6 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-all}
+# A log file (CI, `> file`) gets plain text: no colour codes from ruff, pytest, ansible or molecule, and no
+# box characters around molecule's command output (the Makefile reads NO_COLOR).
+if [ ! -t 1 ]; then
+    export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
+fi
 started=$SECONDS
 stage() { printf '\n=== %s (%ds elapsed)\n' "$*" $((SECONDS - started)); }
 
