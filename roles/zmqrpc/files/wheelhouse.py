@@ -16,6 +16,7 @@ runs never see half of one; archives older than a day beyond the newest KEEP are
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -89,6 +90,16 @@ def pip_wheel(out: Path, *args: str) -> None:
 
 def build(source: Path, targets: list[dict], archive: Path) -> None:
     archive.parent.mkdir(parents=True, exist_ok=True)
+    # One build at a time per cache: `pip wheel SOURCE` builds in the source tree (build/, *.egg-info), so
+    # two runs at once (molecule scenarios side by side) would trip over each other; the second one
+    # then finds the archive the first one wrote.
+    with open(archive.parent / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not archive.exists():
+            _build(source, targets, archive)
+
+
+def _build(source: Path, targets: list[dict], archive: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix="build.", dir=archive.parent))
     try:
         out = work / "wheels"
