@@ -46,8 +46,14 @@ def _load(path: str) -> dict[str, Any]:
 
 
 def _extra_vars() -> dict[str, Any]:
-    """The lab's own settings: the --extra-vars of the scenario's ansible_args (or the shared config's)."""
-    args = MOLECULE.get("provisioner", {}).get("ansible_args")
+    """The lab's own settings: the --extra-vars of the scenario's ansible_args (or the shared config's).
+
+    MOLECULE_FILE is molecule's merged config, where provisioner.ansible_args became
+    ansible.executor.args.ansible_playbook; a scenario's own molecule.yml still has provisioner.ansible_args.
+    """
+    provisioner = MOLECULE.get("provisioner", {})
+    executor = MOLECULE.get("ansible", {}).get("executor", {}).get("args", {})
+    args = provisioner.get("ansible_args") or executor.get("ansible_playbook")
     if args is None:
         shared = _load(os.path.join(_PROJECT_DIR, ".config", "molecule", "config.yml"))
         args = shared.get("provisioner", {}).get("ansible_args", [])
