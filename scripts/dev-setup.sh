@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a Debian 12 host, as root: Debian packages (real redis-server and
-# redis-sentinel for the integration tests) and the project virtualenv (.venv) with zmqrpc and its tools.
+# redis-sentinel for the integration tests, promtool from prometheus for the alerting rules) and the project
+# virtualenv (.venv) with zmqrpc and its tools.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # VENV_ONLY=1 (what the Makefile's targets use): only the virtualenv, for lint and molecule.
 if [ "${VENV_ONLY:-0}" != 1 ]; then
-    packages=(redis-server redis-sentinel redis-tools rabbitmq-server python3-venv python3-dev gcc make)
+    packages=(redis-server redis-sentinel redis-tools rabbitmq-server prometheus python3-venv python3-dev gcc make)
     missing=()
     for pkg in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -20,7 +21,7 @@ if [ "${VENV_ONLY:-0}" != 1 ]; then
     # The Debian packages start daemons on their default ports where an init system runs; tests start their
     # own on ports they pick, so stop the packaged ones to leave nothing behind.
     if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
-        systemctl disable --now redis-server redis-sentinel rabbitmq-server >/dev/null 2>&1 || true
+        systemctl disable --now redis-server redis-sentinel rabbitmq-server prometheus >/dev/null 2>&1 || true
     fi
 fi
 

@@ -27,6 +27,8 @@ if [ "$mode" != molecule ]; then
     .venv/bin/mypy zmqrpc
     stage "lint: yamllint, ansible-lint (production profile), argument_specs vs defaults"
     make --no-print-directory lint-ansible
+    stage "lint: alerting rules and scrape configs (promtool)"
+    scripts/check-monitoring.sh
 
     if [ "$mode" = fast ]; then
         stage "unit tests"
@@ -42,7 +44,7 @@ if [ "$mode" != molecule ]; then
     stage "integration and oslo tests, eventlet-patched"
     ZMQRPC_TEST_EVENTLET=1 .venv/bin/pytest -q -p no:cacheprovider -W ignore::DeprecationWarning \
         tests/integration/test_direct.py tests/integration/test_proxy_topologies.py \
-        tests/integration/test_failures.py tests/oslo/test_topologies.py
+        tests/integration/test_failures.py tests/integration/test_reliability.py tests/oslo/test_topologies.py
 
     stage "oslo.messaging's functional suite, every topology"
     scripts/oslo-functional.sh
