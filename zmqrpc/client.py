@@ -73,8 +73,11 @@ PROXY_HOLD_DOWN = 10.0
 NO_PROXY_LOOKUP_INTERVAL = 0.1
 # Idle caller sockets kept per peer: about the number of threads that call one server at once.
 MAX_IDLE_PER_PEER = 64
-# How long a caller's new socket may take to connect before its message goes to the I/O thread instead.
+# How long a caller's new socket may take to connect before its call goes to the I/O thread instead.
 CONNECT_GRACE = 0.25
+# A peer whose one-way socket could not take a message within zmq_connect_timeout: how long its one-way
+# messages go to the I/O thread (which reroutes them) before the caller's socket is tried again.
+ONEWAY_HOLD_DOWN = 10.0
 
 
 @dataclass
@@ -161,7 +164,7 @@ class RpcClient:
         # Static direct links without acks: calls and casts go out on the caller's own socket. Other modes
         # need the I/O thread's bookkeeping (per-message sockets, proxies, resends).
         direct = not (self._dynamic or self._via_proxy or self._acks)
-        self._pool = _CallerSockets(self._sockets) if direct else None
+        self._pool = _CallerSockets(self._sockets, self._connect_timeout) if direct else None
         self._loop = IOLoop("zmqrpc-client-io", tick_interval=FAILOVER_GRACE / 2)
         self._loop.add_ticker(self._on_tick)
         if self._via_proxy or self._pub_sub:
@@ -959,14 +962,19 @@ class _CallerSockets:
     * One-way messages (cast, fanout copies, notifications) share one DEALER per peer, under a lock held
       only for the send, so what one client sends a server arrives in the order it was sent.
 
-    A new socket gets CONNECT_GRACE to complete its connection (ZMQ_IMMEDIATE); after that the message
-    goes to the I/O thread, which waits zmq_connect_timeout and reroutes or fails it.
+    A call's new socket gets CONNECT_GRACE to complete its connection (ZMQ_IMMEDIATE); after that the call
+    goes to the I/O thread, which waits zmq_connect_timeout and reroutes or fails it. A one-way message
+    waits on its peer's socket up to zmq_connect_timeout instead: handing it to the I/O thread, which
+    connects on a socket of its own, would let the next ones overtake it. A peer that cannot take a message
+    within that time is passed by for ONEWAY_HOLD_DOWN (its messages go to the I/O thread, which reroutes
+    them), so one dead server costs a caller one wait, not one per message.
     """
 
-    def __init__(self, factory: SocketFactory) -> None:
+    def __init__(self, factory: SocketFactory, connect_timeout: float) -> None:
         self._factory = factory
+        self._connect_timeout = connect_timeout
         self._idle: dict[str, list[zmq.Socket]] = {}
-        self._oneway: dict[str, tuple[threading.Lock, zmq.Socket]] = {}
+        self._oneway: dict[str, _OnewayPeer] = {}
         self._oneway_lock = threading.Lock()
         self._closed = False
 
@@ -994,15 +1002,19 @@ class _CallerSockets:
 
     def send_oneway(self, dest: str, frames: list[bytes]) -> bool:
         """Send a one-way message on the peer's shared socket; False if it has no live connection."""
-        entry = self._oneway.get(dest)
-        if entry is None:
+        peer = self._oneway.get(dest)
+        if peer is None:
             with self._oneway_lock:
-                entry = self._oneway.get(dest)
-                if entry is None:
-                    entry = self._oneway[dest] = (threading.Lock(), self._new(dest))
-        lock, sock = entry
-        with lock:
-            return not self._closed and _send_when_connected(sock, frames)
+                peer = self._oneway.get(dest)
+                if peer is None:
+                    peer = self._oneway[dest] = _OnewayPeer(self._new(dest))
+        with peer.lock:
+            if self._closed or time.monotonic() < peer.passed_by_until:
+                return False
+            if _send_when_connected(peer.sock, frames, self._connect_timeout):
+                return True
+            peer.passed_by_until = time.monotonic() + ONEWAY_HOLD_DOWN
+            return False
 
     def _new(self, dest: str) -> zmq.Socket:
         sock = self._factory.dealer(blocking=True)
@@ -1016,14 +1028,23 @@ class _CallerSockets:
                 idle.pop().close(CLOSE_LINGER_MS)
         with self._oneway_lock:
             entries, self._oneway = list(self._oneway.values()), {}
-        for lock, sock in entries:
-            with lock:
-                sock.close(CLOSE_LINGER_MS)
+        for peer in entries:
+            with peer.lock:
+                peer.sock.close(CLOSE_LINGER_MS)
 
 
-def _send_when_connected(sock: zmq.Socket, frames: list[bytes]) -> bool:
-    """Send now, or as soon as the socket has a live connection, within CONNECT_GRACE."""
-    deadline = time.monotonic() + CONNECT_GRACE
+class _OnewayPeer:
+    """A peer's shared socket for one-way messages; see _CallerSockets."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.passed_by_until = 0.0
+
+
+def _send_when_connected(sock: zmq.Socket, frames: list[bytes], within: float = CONNECT_GRACE) -> bool:
+    """Send now, or as soon as the socket has a live connection (and room), within ``within`` seconds."""
+    deadline = time.monotonic() + within
     pause = 0.001
     while True:
         try:
