@@ -698,6 +698,20 @@ def ctx() -> Iterator[zmq.Context]:
     context.destroy(linger=0)
 
 
+def proxy_round(
+    data: Any, strategy: st.SearchStrategy, account: Callable[[list[bytes]], None], fuzzer: Any, socket: str
+) -> None:
+    """One example against a proxy socket at ``socket`` (host:port): a few messages from ``strategy`` (each
+    accounted for first), and now and then a raw TCP stream to the same port."""
+    for frames in data.draw(st.lists(with_random(strategy), min_size=1, max_size=6)):
+        frames = unique_ids(frames)
+        account(frames)
+        fuzzer.send(frames)
+    if data.draw(st.integers(0, 3)) == 0:
+        port = int(socket.rsplit(":", 1)[1])
+        send_tcp(port, data.draw(tcp_streams(b"DEALER", unique_ids(data.draw(strategy)))))
+
+
 def checked_call(caller: Caller, n: int, server: str = SERVER) -> None:
     result = caller.call(TOPIC, "echo", {"n": n}, server=server)
     assert result["args"] == {"n": n} and result["server"] == server, result
@@ -911,13 +925,7 @@ def test_fuzz_proxy_frontend(topology: Topology, ctx: zmq.Context, budget: float
         ledger.note(frames, f"proxy {verdict}; {outcome}")
 
     def example(data: Any) -> None:
-        for frames in data.draw(st.lists(with_random(strategy), min_size=1, max_size=6)):
-            frames = unique_ids(frames)
-            account(frames)
-            fuzzer.send(frames)
-        if data.draw(st.integers(0, 3)) == 0:
-            port = int(topo.frontend.rsplit(":", 1)[1])
-            send_tcp(port, data.draw(tcp_streams(b"DEALER", unique_ids(data.draw(strategy)))))
+        proxy_round(data, strategy, account, fuzzer, topo.frontend)
         checked_call(topo.caller, next(calls), PROXIED)
 
     run_fuzz(0, example, "frontend-warmup", examples=3)
@@ -975,13 +983,7 @@ def test_fuzz_proxy_backend(topology: Topology, ctx: zmq.Context, budget: float)
         ledger.note(frames, f"proxy {verdict} {what}")
 
     def example(data: Any) -> None:
-        for frames in data.draw(st.lists(with_random(strategy), min_size=1, max_size=6)):
-            frames = unique_ids(frames)
-            account(frames)
-            fuzzer.send(frames)
-        if data.draw(st.integers(0, 3)) == 0:
-            port = int(topo.backend.rsplit(":", 1)[1])
-            send_tcp(port, data.draw(tcp_streams(b"DEALER", unique_ids(data.draw(strategy)))))
+        proxy_round(data, strategy, account, fuzzer, topo.backend)
         checked_call(topo.caller, next(calls), PROXIED)
 
     run_fuzz(0, example, "backend-warmup", examples=3)

@@ -15,10 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_direct import NAMES, Bus
+from tests.integration.test_reliability import RawPeer
 from tests.procs import ROOT, ProxyProcess
 from tests.servers import free_port, wait_for
 from zmqrpc import protocol
@@ -120,31 +120,28 @@ def test_calls_and_casts_move_the_client_and_server_counters_by_what_was_sent(re
 
 def test_malformed_frames_are_counted_by_reason(redis_server) -> None:
     bus = Bus(redis_server.url, "static")
-    raw = None
     try:
         port = free_port()
         server = bus.server(NAMES[0], topics=["measured"], metrics_port=port)
         good = protocol.encode(
             MessageType.CAST, "measured", {"message": {}, "context": {}}, protocol.SERIALIZERS["json"]
         )
-        raw = zmq.Context.instance().socket(zmq.DEALER)
-        raw.connect(f"tcp://{server.address}")
-        for _ in range(3):
-            raw.send_multipart([b"short", *good[1:]])
-        for _ in range(2):
-            raw.send_multipart([good[0], b"", b"somebody-else", good[3]])
-        expected = {"bad header": 3, "wrong topic": 2}
+        with RawPeer(server.address) as raw:
+            for _ in range(3):
+                raw.send([b"short", *good[1:]])
+            for _ in range(2):
+                raw.send([good[0], b"", b"somebody-else", good[3]])
+            expected = {"bad header": 3, "wrong topic": 2}
 
-        def dropped() -> dict[str, float]:
-            samples = scrape(port)
-            return {
-                reason: value(samples, "zmqrpc_messages_dropped_total", reason=reason) for reason in expected
-            }
+            def dropped() -> dict[str, float]:
+                samples = scrape(port)
+                return {
+                    reason: value(samples, "zmqrpc_messages_dropped_total", reason=reason)
+                    for reason in expected
+                }
 
-        assert wait_for(lambda: dropped() == expected, timeout=10), dropped()
+            assert wait_for(lambda: dropped() == expected, timeout=10), dropped()
     finally:
-        if raw is not None:
-            raw.close(0)
         bus.close()
 
 

@@ -54,6 +54,12 @@ class RawPeer:
     def close(self) -> None:
         self.sock.close(0)
 
+    def __enter__(self) -> RawPeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _ledger_server(bus: Bus, ledger: Path, **options: object) -> ServerProcess:
     overrides = {**bus.options(), "rpc_zmq_host": NAMES[0], "rpc_zmq_bind_address": NAMES[0], **options}
@@ -71,29 +77,28 @@ def test_a_hundred_hostile_messages_leave_the_server_serving(redis_server) -> No
     64 bits (a uuid.int) raised OverflowError on a msgpack server. Now the first are counted drops, the
     second round-trip, and every valid call in between is answered."""
     bus = Bus(redis_server.url, "static")
-    raw = None
     try:
         server = bus.server(
             NAMES[0], topics=["hostile"], rpc_thread_pool_size=4, rpc_zmq_serialization="msgpack"
         )
         client = bus.client(rpc_zmq_serialization="msgpack")
-        raw = RawPeer(server.address)
-        body = {"message": {"method": "echo", "args": {"value": None}}, "context": {}}
-        frames = protocol.encode(MessageType.CALL, "hostile", body, protocol.SERIALIZERS["msgpack"])
-        packed = msgpack.packb(body)
-        assert packed.count(b"\xc0") == 1
-        frames[3] = packed.replace(b"\xc0", b"\x91" * 1000 + b"\xc0")  # the value: a list 1,000 deep
-        for n in range(100):
-            raw.send(protocol.readdress(frames, msg_id=protocol.new_msg_id()))
-            if n % 10 == 9:
-                assert client.call("hostile", "whoami", timeout=5) == NAMES[0]
-        big = [client.call("hostile", "big", timeout=5) for _ in range(100)]
-        assert big == [2**64] * 100
-        assert wait_for(lambda: client.call("hostile", "drops", timeout=5).get("too deep") == 100, timeout=10)
-        assert client.call("hostile", "whoami", timeout=5) == NAMES[0]
+        with RawPeer(server.address) as raw:
+            body = {"message": {"method": "echo", "args": {"value": None}}, "context": {}}
+            frames = protocol.encode(MessageType.CALL, "hostile", body, protocol.SERIALIZERS["msgpack"])
+            packed = msgpack.packb(body)
+            assert packed.count(b"\xc0") == 1
+            frames[3] = packed.replace(b"\xc0", b"\x91" * 1000 + b"\xc0")  # the value: a list 1,000 deep
+            for n in range(100):
+                raw.send(protocol.readdress(frames, msg_id=protocol.new_msg_id()))
+                if n % 10 == 9:
+                    assert client.call("hostile", "whoami", timeout=5) == NAMES[0]
+            big = [client.call("hostile", "big", timeout=5) for _ in range(100)]
+            assert big == [2**64] * 100
+            assert wait_for(
+                lambda: client.call("hostile", "drops", timeout=5).get("too deep") == 100, timeout=10
+            )
+            assert client.call("hostile", "whoami", timeout=5) == NAMES[0]
     finally:
-        if raw is not None:
-            raw.close()
         bus.close()
 
 
@@ -121,28 +126,25 @@ def test_the_reply_cache_stays_under_its_byte_limit(redis_server) -> None:
 
 def test_a_resend_after_its_reply_was_evicted_gets_an_error_not_a_second_run(redis_server) -> None:
     bus = Bus(redis_server.url, "static")
-    raw = None
     try:
         server = bus.server(NAMES[0], topics=["once"], rpc_reply_cache_bytes=0, **ACKS)
         client = bus.client()
-        raw = RawPeer(server.address)
-        body = {"message": {"method": "record", "args": {"tag": 7}}, "context": {}}
-        serializer = protocol.SERIALIZERS["json"]
-        frames = protocol.encode(MessageType.CALL, "once", body, serializer, flags=Flags.WANTS_ACK)
-        for attempt in ("first", "resend"):
-            raw.send(frames)
-            answers = {env.type: env for env in (raw.receive(), raw.receive())}
-            assert set(answers) == {MessageType.ACK, MessageType.REPLY}, attempt
-            reply = answers[MessageType.REPLY].body
-            if attempt == "first":
-                assert reply == {"result": None}
-            else:
-                assert reply["failure"]["type"] == "zmqrpc.errors.ReplyEvicted"
-                assert "not run again" in reply["failure"]["message"]
-        assert client.call("once", "seen", timeout=5) == [7]
+        with RawPeer(server.address) as raw:
+            body = {"message": {"method": "record", "args": {"tag": 7}}, "context": {}}
+            serializer = protocol.SERIALIZERS["json"]
+            frames = protocol.encode(MessageType.CALL, "once", body, serializer, flags=Flags.WANTS_ACK)
+            for attempt in ("first", "resend"):
+                raw.send(frames)
+                answers = {env.type: env for env in (raw.receive(), raw.receive())}
+                assert set(answers) == {MessageType.ACK, MessageType.REPLY}, attempt
+                reply = answers[MessageType.REPLY].body
+                if attempt == "first":
+                    assert reply == {"result": None}
+                else:
+                    assert reply["failure"]["type"] == "zmqrpc.errors.ReplyEvicted"
+                    assert "not run again" in reply["failure"]["message"]
+            assert client.call("once", "seen", timeout=5) == [7]
     finally:
-        if raw is not None:
-            raw.close()
         bus.close()
 
 
