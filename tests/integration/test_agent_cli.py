@@ -18,11 +18,12 @@ pytestmark = pytest.mark.integration
 HOSTS = ("127.0.0.2", "127.0.0.3")
 
 
-def _conf(tmp: Path, url: str, host: str) -> Path:
+def _conf(tmp: Path, url: str, host: str, extra: str = "", expire: int = 5) -> Path:
+    """A node's config file: ``host`` as its name and address, fast registrations, then ``extra`` lines."""
     path = tmp / f"{host}.conf"
     path.write_text(
         f"[DEFAULT]\ntransport_url = {url}\n[oslo_messaging_zmq]\nrpc_zmq_host = {host}\n"
-        f"rpc_zmq_bind_address = {host}\nzmq_target_update = 1\nzmq_target_expire = 5\n"
+        f"rpc_zmq_bind_address = {host}\nzmq_target_update = 1\nzmq_target_expire = {expire}\n{extra}"
     )
     return path
 

@@ -4,6 +4,7 @@ a real `zmqrpc agent` process, which the tests kill, starve of its matchmaker, a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import test_agent_cli as agent_cli
 from tests.procs import ROOT, ProxyProcess
 from tests.servers import free_port, wait_for
 from zmqrpc import RpcClient, load_settings
@@ -23,24 +25,9 @@ HOST = "127.0.0.2"  # the agent's host (rpc_zmq_host); health runs as this host 
 CALLS = 20
 
 
-def _conf(tmp: Path, url: str, host: str, extra: str = "", expire: int = 30) -> Path:
-    path = tmp / f"{host}.conf"
-    path.write_text(
-        f"[DEFAULT]\ntransport_url = {url}\n[oslo_messaging_zmq]\nrpc_zmq_host = {host}\n"
-        f"rpc_zmq_bind_address = {host}\nzmq_target_update = 1\nzmq_target_expire = {expire}\n{extra}"
-    )
-    return path
-
-
-def _zmqrpc(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "zmqrpc.cli", *args],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+# The agent CLI tests' helpers; these registrations live longer (30 s) and the commands may run longer.
+_conf = functools.partial(agent_cli._conf, expire=30)
+_zmqrpc = functools.partial(agent_cli._zmqrpc, timeout=60)
 
 
 def _health(conf: Path, *args: str) -> tuple[int, dict]:
