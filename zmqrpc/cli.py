@@ -26,10 +26,15 @@ if TYPE_CHECKING:
 EXIT_CODES = "exit status: 0 ok, 1 a check failed (ping), 2 an error (the message names it)"
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, serve_metrics: bool = False) -> Settings:
+    """The settings of the config files and --transport-url. Only a service (the agent) serves metrics_port:
+    a one-shot command (ping, matchmaker) shares the node's config file with it and must not take its port."""
     from zmqrpc import config
 
-    return config.load_settings(url=args.transport_url, config_files=args.config_file or None)
+    settings = config.load_settings(url=args.transport_url, config_files=args.config_file or None)
+    if settings.zmq.metrics_port and not serve_metrics:
+        settings = settings.with_zmq(metrics_port=0)
+    return settings
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -138,7 +143,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from zmqrpc.agent import Agent
 
     logging.getLogger().setLevel(logging.DEBUG if args.debug else logging.INFO)
-    agent = Agent(_settings(args), host=args.host).start()
+    agent = Agent(_settings(args, serve_metrics=True), host=args.host).start()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -98,6 +98,17 @@ def test_health_is_0_with_every_check_ok(agent) -> None:
     assert all(check["detail"] for check in result["checks"])
 
 
+def test_one_shot_commands_share_the_agents_config_without_taking_its_metrics_port(agent) -> None:
+    """A node's ping and matchmaker commands read the agent's config file, metrics_port included: they must
+    run beside the agent that serves that port instead of failing to bind it."""
+    conf, _, _ = agent
+    ping = agent_cli._ping(conf, "--server", HOST)
+    assert ping["ok"] and ping["responder"] == HOST, ping
+    listed = _zmqrpc("matchmaker", "list", "--config-file", str(conf))
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert f"zmqrpc-agent.{HOST}" in json.loads(listed.stdout)
+
+
 def test_health_is_1_when_a_registration_is_about_to_expire(agent, redis_server) -> None:
     conf, _, _ = agent
     with RedisMatchMaker([redis_server.address]) as matchmaker:  # a second agent address, not refreshed
