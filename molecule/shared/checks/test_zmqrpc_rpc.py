@@ -13,6 +13,7 @@ from zmqrpc_lab import (
     LOCAL_PUBLISHER,
     LOCAL_PUBLISHER_PORT,
     MATCHMAKER_PORTS,
+    NODE_METRICS_PORT,
     NODES,
     PORT_RANGE,
     PROXIES,
@@ -181,9 +182,10 @@ def test_computes_hold_no_connection_to_another_nodes_agent(exchange, compute):
 
 @pytest.mark.parametrize("name", NODES if USE_ROUTER_PROXY else [])
 def test_agents_bind_no_port_behind_the_router_proxy(name):
-    """Behind the router proxy, servers connect to the proxies' backends instead of binding a port."""
+    """Behind the router proxy, servers connect to the proxies' backends instead of binding a port (the agent
+    listens only for Prometheus, on its metrics port)."""
     agent = pid_marker(unit_property(lab_host(name), "zmqrpc-agent", "MainPID"))
     sockets = listening(name)
     assert any("pid=" in s["process"] for s in sockets), f"ss -p shows no process on {name}: {sockets}"
-    own = [s for s in sockets if agent in s["process"]]
+    own = [s for s in sockets if agent in s["process"] and s["port"] != NODE_METRICS_PORT]
     assert not own, f"the agent on {name} listens: {own}"

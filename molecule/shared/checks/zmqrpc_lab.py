@@ -118,6 +118,11 @@ LOCAL_PUBLISHER_PORT = 60001
 PROXY_PORTS = (FRONTEND_PORT, BACKEND_PORT, PUBLISHER_PORT)
 MATCHMAKER_PORTS = (6379, 26379)
 PORT_RANGE = (49153, 65535)  # rpc_zmq_min_port .. rpc_zmq_max_port - 1
+# Prometheus metrics: the node's services (the agent), the central proxy, the local publisher.
+NODE_METRICS_PORT, PROXY_METRICS_PORT, LOCAL_PUBLISHER_METRICS_PORT = 9464, 9465, 9466
+# Where Prometheus would run in the lab: the first controller (inventory/lab/group_vars/all.yml opens the
+# metrics ports to it only).
+MONITOR = CONTROLLERS[0] if CONTROLLERS else HOSTS[0]
 
 
 @functools.cache
