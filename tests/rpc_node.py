@@ -15,8 +15,14 @@ import threading
 import time
 from typing import TextIO
 
+import zmq
+
+from zmqrpc import security
 from zmqrpc.config import load_settings
-from zmqrpc.server import RpcServer
+from zmqrpc.server import EndpointDispatcher, Request, RpcServer
+
+# The request being run on this thread (for ``caller``).
+_CURRENT = threading.local()
 
 
 class TestEndpoint:
@@ -35,6 +41,10 @@ class TestEndpoint:
 
     def whoami(self, ctxt: dict) -> str:
         return self.name
+
+    def caller(self, ctxt: dict) -> str | None:
+        """The key name the server saw on this request (zmq_security = curve)."""
+        return _CURRENT.request.caller  # type: ignore[no-any-return]
 
     def echo(self, ctxt: dict, **kwargs: object) -> dict:
         return {"server": self.name, "args": kwargs, "context": ctxt}
@@ -110,15 +120,29 @@ def main() -> int:
     endpoint = TestEndpoint(args.server)
     if args.ledger:
         endpoint.ledger = open(args.ledger, "a")  # noqa: SIM115 - open for the process's life
-    server = RpcServer(settings, args.topic, [endpoint], server=args.server, pool=args.pool)
+    dispatcher = EndpointDispatcher([endpoint])
+
+    def dispatch(request: Request) -> object:
+        _CURRENT.request = request
+        return dispatcher(request)
+
+    server = RpcServer(settings, args.topic, dispatch, server=args.server, pool=args.pool)
     endpoint.server = server
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Test hook: SIGUSR2 kills the ZAP authenticator's thread, as a bug would (the process must then exit).
+    signal.signal(signal.SIGUSR2, lambda *_: _kill_authenticator())
     print(f"READY {server.address}", flush=True)
     stop.wait()
     server.stop()
     return 0
+
+
+def _kill_authenticator() -> None:
+    auth = security.running_authenticator(zmq.Context.instance())
+    if auth is not None:
+        auth.kill_for_test()
 
 
 if __name__ == "__main__":

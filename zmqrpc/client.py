@@ -19,6 +19,12 @@ With ``rpc_use_acks`` every call, cast and notification asks for an ack; without
 ``rpc_ack_timeout_base`` (times ``rpc_ack_timeout_multiplier`` per retry) it is resent, up to
 ``rpc_retry_attempts`` times (-1: forever), the routes asked of the matchmaker again when none is left. A
 call is acked on receipt, a one-way message once its handler returned. Servers drop the duplicates.
+
+Under ``zmq_security = curve`` a connection expects the key the client finds in its own allowed-keys
+directory for the name the peer registered (:mod:`zmqrpc.security`): an address with no allowed key is
+held down and counted as a drop ("untrusted peer"), and one whose handshake fails (a rogue registration
+naming someone else's key) never completes its connection, so nothing is sent there and it is held down
+after zmq_connect_timeout like a dead server.
 """
 
 from __future__ import annotations
@@ -45,13 +51,13 @@ from zmqrpc.ioloop import IOLoop
 from zmqrpc.logonce import WarnOnce
 from zmqrpc.matchmaker import MatchMaker, RoutingCache, create_matchmaker
 from zmqrpc.protocol import Flags, MessageType
+from zmqrpc.security import UntrustedPeer, load_security
 from zmqrpc.sockets import (
     CLOSE_LINGER_MS,
     NOBLOCK,
     SocketFactory,
     new_routing_id,
     send_frames,
-    tcp_endpoint,
 )
 
 if TYPE_CHECKING:
@@ -78,6 +84,9 @@ CONNECT_GRACE = 0.25
 # A peer whose one-way socket could not take a message within zmq_connect_timeout: how long its one-way
 # messages go to the I/O thread (which reroutes them) before the caller's socket is tried again.
 ONEWAY_HOLD_DOWN = 10.0
+# Under CURVE, the key names servers registered are asked of the matchmaker at most this often when an
+# address has none yet (a server newer than the cache).
+KEY_NAMES_REFRESH = 1.0
 
 
 @dataclass
@@ -139,7 +148,11 @@ class RpcClient:
         self._owns_matchmaker = matchmaker is None
         self.matchmaker = matchmaker or create_matchmaker(settings)
         self.routes = RoutingCache(self.matchmaker, opts.rpc_zmq_cache_refresh)
-        self._sockets = SocketFactory(opts, context)
+        self._security = load_security(opts)
+        if self._security is not None:
+            self._security.names = self._key_names
+        self._key_names_asked = 0.0
+        self._sockets = SocketFactory(opts, context, self._security)
         self._pending: dict[bytes, Future] = {}
         self._tracking: dict[bytes, _Outgoing] = {}  # calls and acked messages, until reply/ack (I/O thread)
         self._refreshing: set[str] = set()  # topics whose routes a thread is asking the matchmaker for
@@ -172,6 +185,9 @@ class RpcClient:
             if not self.routes.lookup(protocol.PROXY_FRONTENDS):
                 self._warn(f"no proxy is registered under {protocol.PROXY_FRONTENDS} yet")
             self._loop.submit(self._open_proxy_links)
+        if self._security is not None:
+            # After the proxies' addresses, so at least as fresh; the cache follows them from now on.
+            self.routes.lookup(protocol.KEY_NAMES)
         self._loop.start()
 
     # ------------------------------------------------------------------ public API (any thread)
@@ -417,12 +433,50 @@ class RpcClient:
             # Maybe a server registered since the cache last looked: ask the matchmaker once more.
             self.routes.invalidate(topic)
             hosts = self.routes.lookup(topic)
+        if self._security is not None and not self._via_proxy:
+            hosts = self._trusted(hosts)
         if not hosts:
             if strict:
                 raise NoRouteError(topic)
             self._count_undelivered()
             LOG.warning("no server registered for topic %r: message not sent", topic)
         return hosts
+
+    def _key_names(self, address: str) -> list[str]:
+        """The key names registered for ``address`` (cached; never a matchmaker round trip)."""
+        return protocol.key_names(self.routes.lookup_cached(protocol.KEY_NAMES)).get(address, [])
+
+    def _trusted(self, hosts: list[str]) -> list[str]:
+        """``hosts`` less those with no allowed key (held down and counted). Caller threads only: a host
+        with no registered key name yet makes it ask the matchmaker again (at most every second)."""
+        assert self._security is not None
+        names = protocol.key_names(self.routes.lookup_cached(protocol.KEY_NAMES))
+        now = time.monotonic()
+        if any(h not in names for h in hosts) and now - self._key_names_asked > KEY_NAMES_REFRESH:
+            self._key_names_asked = now
+            self.routes.invalidate(protocol.KEY_NAMES)
+            with contextlib.suppress(MatchmakerError):
+                self.routes.lookup(protocol.KEY_NAMES)
+        trusted = []
+        for host in hosts:
+            try:
+                self._security.key_for(host)
+            except UntrustedPeer as exc:
+                self._untrusted(host, exc)
+                continue
+            trusted.append(host)
+        return trusted
+
+    def _untrusted(self, address: str, exc: UntrustedPeer) -> None:
+        self.routes.forget_address(address)
+        self.drops.drop("untrusted peer", str(exc), address)
+
+    def _connect(self, sock: zmq.Socket, address: str) -> None:
+        """Connect to ``address`` with its allowed key; one without is held down, and never connected."""
+        try:
+            self._sockets.connect(sock, address)
+        except UntrustedPeer as exc:
+            self._untrusted(address, exc)
 
     def _pick(self, topic: str, hosts: list[str]) -> list[str]:
         """Round robin over the topic's servers: the chosen one first, then the others as fallbacks."""
@@ -634,7 +688,7 @@ class RpcClient:
     def _open_link(self, addresses: list[str], dynamic: bool, identity: str | None = None) -> _Link:
         sock = self._sockets.dealer(dynamic=dynamic, identity=identity)
         for address in addresses:
-            sock.connect(tcp_endpoint(address))
+            self._connect(sock, address)
         link = _Link(sock, list(addresses), dynamic)
         self._links.add(link)
         self._metrics.connections.inc()
@@ -839,7 +893,7 @@ class RpcClient:
             if link.failover and link.outbox and now >= link.failover_at:
                 # The chosen worker did not accept the connection quickly: let the others race for it.
                 for address in link.failover:
-                    link.sock.connect(tcp_endpoint(address))
+                    self._connect(link.sock, address)
                 link.addresses += link.failover
                 link.failover = []
             if link.blocked_since is not None and now - link.blocked_since > self._connect_timeout:
@@ -1018,7 +1072,7 @@ class _CallerSockets:
 
     def _new(self, dest: str) -> zmq.Socket:
         sock = self._factory.dealer(blocking=True)
-        sock.connect(tcp_endpoint(dest))
+        self._factory.connect(sock, dest)  # the caller checked it is trusted (RpcClient._trusted)
         return sock
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import os
 import socket
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
@@ -32,8 +33,15 @@ DEFAULT_TRANSPORT_URL = "zmq://"
 
 # URL scheme -> matchmaker it selects (None: taken from rpc_zmq_matchmaker).
 SCHEMES: Mapping[str, str | None] = MappingProxyType(
-    {"zmq": None, "zmq+redis": "redis", "zmq+sentinel": "sentinel"}
+    {
+        "zmq": None,
+        "zmq+redis": "redis",
+        "zmq+sentinel": "sentinel",
+        "zmq+rediss": "redis",  # TLS, as redis-py's rediss://
+        "zmq+sentinels": "sentinel",  # TLS to the Sentinels and to Redis
+    }
 )
+TLS_SCHEMES = frozenset({"zmq+rediss", "zmq+sentinels"})
 # Query keys that are not [oslo_messaging_zmq] options.
 _URL_ONLY_QUERY_KEYS = frozenset({"sentinel_group_name"})
 
@@ -356,6 +364,45 @@ ZMQ_OPTS: tuple[cfg.Opt, ...] = (
     ),
 )
 
+SECURITY_OPTS: tuple[cfg.Opt, ...] = (
+    _zmq_opt(
+        cfg.StrOpt,
+        "zmq_security",
+        default="none",
+        choices=[
+            ("none", "no authentication, no encryption (only the firewall stands in the way)"),
+            ("curve", "CurveZMQ on every socket: peers authenticated by key, traffic encrypted"),
+        ],
+        help="zmqrpc: security of the bus. Every node of a bus must use the same value.",
+    ),
+    _zmq_opt(
+        cfg.StrOpt,
+        "zmq_curve_secret_key_file",
+        default="",
+        help="zmqrpc: this node's CURVE certificate with its secret key (<name>.key_secret, as "
+        "zmq.auth.create_certificates writes it; mode 0600). <name> is the node's key name, normally its "
+        "host name.",
+    ),
+    _zmq_opt(
+        cfg.StrOpt,
+        "zmq_curve_allowed_keys_dir",
+        default="",
+        help="zmqrpc: directory of the public certificates (<name>.key) of every peer allowed to connect; "
+        "a server's or proxy's key is also taken from here by its name. Re-read when it changes (key "
+        "rotation).",
+    ),
+    _zmq_opt(
+        cfg.ListOpt,
+        "zmq_curve_authorization",
+        default=[],
+        help="zmqrpc: which key names may send to which topics, as <key glob>:<topic glob>[:<types>], "
+        "types joined by '+' from call, cast, fanout, notify (all if omitted); {key} in the topic glob is "
+        "the sender's key name. E.g. 'controller-*:*', 'compute-*:conductor:call+cast', "
+        "'compute-*:compute.{key}'. A request no rule allows is refused. Empty: every allowed key may "
+        "send anything.",
+    ),
+)
+
 PROXY_OPTS: tuple[cfg.Opt, ...] = (
     cfg.StrOpt(
         "host",
@@ -396,10 +443,41 @@ REDIS_OPTS: tuple[cfg.Opt, ...] = (
     cfg.StrOpt("host", default="127.0.0.1", help="Redis host, used when transport_url names none."),
     cfg.IntOpt("port", default=DEFAULT_REDIS_PORT, min=1, max=65535, help="Redis port."),
     cfg.StrOpt(
+        "username",
+        default="",
+        help="zmqrpc: Redis ACL user (Redis 6+), with password; the transport_url user wins. Empty: the "
+        "default user.",
+    ),
+    cfg.StrOpt(
         "password",
         default="",
         secret=True,
         help="Redis password; the transport_url password wins. 'None' or empty means none.",
+    ),
+    cfg.BoolOpt(
+        "ssl",
+        default=False,
+        help="zmqrpc: talk TLS to Redis and Sentinel (as zmq+rediss:// and zmq+sentinels:// do).",
+    ),
+    cfg.StrOpt(
+        "ssl_ca_file",
+        default="",
+        help="zmqrpc: CA certificate(s) that Redis's TLS certificate is checked against.",
+    ),
+    cfg.StrOpt(
+        "ssl_cert_file",
+        default="",
+        help="zmqrpc: client certificate for Redis TLS (when Redis asks for one).",
+    ),
+    cfg.StrOpt("ssl_key_file", default="", help="zmqrpc: the client certificate's private key."),
+    cfg.StrOpt(
+        "sentinel_username", default="", help="zmqrpc: ACL user for the Sentinels themselves (empty: none)."
+    ),
+    cfg.StrOpt(
+        "sentinel_password",
+        default="",
+        secret=True,
+        help="zmqrpc: password for the Sentinels themselves (their requirepass); empty: none.",
     ),
     cfg.ListOpt(
         "sentinel_hosts", default=[], help="host:port Sentinels, used when transport_url names none."
@@ -417,7 +495,11 @@ REDIS_OPTS: tuple[cfg.Opt, ...] = (
 _GROUP_OPTS: Mapping[str, Mapping[str, cfg.Opt]] = MappingProxyType(
     {
         group: MappingProxyType({opt.dest: opt for opt in opts})
-        for group, opts in ((ZMQ_GROUP, ZMQ_OPTS), (PROXY_GROUP, PROXY_OPTS), (REDIS_GROUP, REDIS_OPTS))
+        for group, opts in (
+            (ZMQ_GROUP, ZMQ_OPTS + SECURITY_OPTS),
+            (PROXY_GROUP, PROXY_OPTS),
+            (REDIS_GROUP, REDIS_OPTS),
+        )
     }
 )
 
@@ -596,6 +678,7 @@ class Settings:
     sentinel_group_name: str
     redis_socket_timeout: float  # seconds
     ringfile: str | None  # set for the ring matchmaker only
+    redis_tls: bool  # TLS to Redis and Sentinel (zmq+rediss://, zmq+sentinels:// or [matchmaker_redis] ssl)
     transport_url: str = dataclasses.field(repr=False)
     matchmaker_redis: OptionValues = dataclasses.field(repr=False)  # raw [matchmaker_redis] values
 
@@ -741,9 +824,34 @@ def _redis_endpoint(
                 "the sentinel matchmaker needs Sentinel hosts: use zmq+sentinel://h1:26379,h2:26379 "
                 f"or [{REDIS_GROUP}] sentinel_hosts"
             )
+    username = parsed.username or redis["username"] or None
     if not _no_password(parsed.password):
-        return hosts, parsed.username, parsed.password
-    return hosts, parsed.username, None if _no_password(redis["password"]) else redis["password"]
+        return hosts, username, parsed.password
+    return hosts, username, None if _no_password(redis["password"]) else redis["password"]
+
+
+def _redis_tls(parsed: TransportURL, redis: Mapping[str, Any]) -> bool:
+    """TLS to Redis: asked for by the URL scheme or [matchmaker_redis] ssl; the files named must exist."""
+    for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+        path = redis[name]
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"[{REDIS_GROUP}] {name}: {path} is not a readable file")
+    if bool(redis["ssl_cert_file"]) != bool(redis["ssl_key_file"]):
+        raise ConfigError(f"[{REDIS_GROUP}] ssl_cert_file and ssl_key_file go together: set both or neither")
+    return parsed.scheme in TLS_SCHEMES or bool(redis["ssl"])
+
+
+def _validate_security(zmq: Mapping[str, Any]) -> None:
+    """zmq_security = curve needs its two files named; the rules must parse (files are read later, by
+    :mod:`zmqrpc.security`, when a client, server or proxy starts)."""
+    from zmqrpc.security import parse_rules  # imported late: security imports zmq and this module's errors
+
+    parse_rules(zmq["zmq_curve_authorization"])
+    if zmq["zmq_security"] != "curve":
+        return
+    for name in ("zmq_curve_secret_key_file", "zmq_curve_allowed_keys_dir"):
+        if not zmq[name]:
+            raise ConfigError(f"zmq_security = curve needs [{ZMQ_GROUP}] {name}")
 
 
 def _build_settings(
@@ -751,6 +859,7 @@ def _build_settings(
 ) -> Settings:
     """Validate merged option values and derive the matchmaker endpoint."""
     _validate_zmq(zmq)
+    _validate_security(zmq)
     matchmaker = parsed.matchmaker or zmq["rpc_zmq_matchmaker"]
     hosts: tuple[tuple[str, int], ...] = ()
     username = password = ringfile = None
@@ -775,6 +884,7 @@ def _build_settings(
         ),
         redis_socket_timeout=redis["socket_timeout"] / 1000.0,
         ringfile=ringfile,
+        redis_tls=_redis_tls(parsed, redis),
         transport_url=parsed.url,
         matchmaker_redis=OptionValues(REDIS_GROUP, redis, secrets),
     )

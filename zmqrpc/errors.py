@@ -15,6 +15,7 @@ __all__ = [
     "MatchmakerError",
     "NoRouteError",
     "NoSuchMethod",
+    "NotAuthorized",
     "PortRangeExhausted",
     "ProtocolError",
     "ProxyError",
@@ -60,6 +61,10 @@ class ProxyError(ZmqRpcError):
 
 class NoSuchMethod(ZmqRpcError, AttributeError):
     """No endpoint has the requested method."""
+
+
+class NotAuthorized(ZmqRpcError, PermissionError):
+    """The caller's key name may not send this message type to this topic (zmq_curve_authorization)."""
 
 
 class CallTimeout(ZmqRpcError, TimeoutError):

@@ -189,6 +189,19 @@ PUBLISH = b"\x00"
 PROXY_FRONTENDS = "zmqrpc-proxy.frontend"
 PROXY_BACKENDS = "zmqrpc-proxy.backend"
 PROXY_PUBLISHERS = "zmqrpc-proxy.publisher"
+# Under zmq_security = curve, servers and proxies register "address|key name" here: which allowed key a
+# client must find at that address (zmqrpc.security).
+KEY_NAMES = "zmqrpc-keys"
+
+
+def key_names(members: list[str]) -> dict[str, list[str]]:
+    """``address|name`` members of KEY_NAMES as address -> names."""
+    names: dict[str, list[str]] = {}
+    for member in members:
+        address, sep, name = member.rpartition("|")
+        if sep and name:
+            names.setdefault(address, []).append(name)
+    return names
 
 
 def subscribers_topic(topic: str) -> str:

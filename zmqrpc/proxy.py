@@ -44,6 +44,7 @@ from zmqrpc.errors import BindError, ConfigError, MatchmakerError, ProxyError
 from zmqrpc.ioloop import IOLoop
 from zmqrpc.matchmaker import MatchMaker, Registrar, create_matchmaker
 from zmqrpc.periodic import PeriodicTask
+from zmqrpc.security import load_security
 from zmqrpc.sockets import CLOSE_LINGER_MS, NOBLOCK, SocketFactory, sync_connections
 
 if TYPE_CHECKING:
@@ -102,7 +103,9 @@ class _Proxy:
         self.host = host
         self.debug = debug
         self.bind_address = settings.zmq.rpc_zmq_bind_address or "*"
-        self._factory = SocketFactory(settings.zmq, context)
+        # zmq_security = curve: every bound socket is a CURVE server, and upstreams are checked by key.
+        self._security = load_security(settings.zmq)
+        self._factory = SocketFactory(settings.zmq, context, self._security)
         self._max_size = int(settings.zmq.rpc_zmq_max_message_size)
         self.drops = protocol.DropCounter(f"zmqrpc {self.kind}")
         metrics.enable(settings.proxy.metrics_port, settings.zmq.metrics_bind_address)
@@ -327,6 +330,9 @@ class CentralProxy(_Proxy):
         for topic, address in self.registrations():
             self._registrar.add(topic, address)
             LOG.info("registered %s under %s (expire %ss)", address, topic, zmq_opts.zmq_target_expire)
+            if self._security is not None:
+                # Which allowed key clients and servers must find at this address.
+                self._registrar.add(protocol.KEY_NAMES, f"{address}|{self._security.own.name}")
 
     def registrations(self) -> list[tuple[str, str]]:
         """(matchmaker topic, host:port) pairs this proxy announces."""
@@ -623,6 +629,12 @@ class LocalPublisher(_Proxy):
             self._mm_outage = False
             LOG.info("local publisher: matchmaker reachable again")
         found = [a for a in found if not self._is_self(a)]
+        if self._security is not None:
+            try:
+                names = protocol.key_names(self._mm.get_hosts(protocol.KEY_NAMES))
+            except MatchmakerError:
+                names = {}
+            self._security.names = lambda address: names.get(address, [])
         if tuple(sorted(found)) != self._upstreams:
             done = threading.Event()
 
@@ -639,7 +651,7 @@ class LocalPublisher(_Proxy):
     def _set_upstreams(self, wanted: list[str]) -> None:
         assert self._xsub is not None
         before = set(self._connected)
-        sync_connections(self._xsub, self._connected, wanted)
+        sync_connections(self._xsub, self._connected, wanted, self._factory)
         for address in sorted(self._connected - before):
             LOG.info("local publisher: subscribed to central publisher %s", address)
         for address in sorted(before - self._connected):

@@ -6,6 +6,12 @@ most ``rpc_thread_pool_size`` workers. Requests reach the workers and replies le
 alone: a ``zmq.proxy`` device in C between the ROUTER and an inproc DEALER, and a socket per worker. No
 Python queue or I/O thread sits on the path. Under eventlet the workers are green threads with green
 sockets, and the device runs on a real OS thread (:mod:`zmqrpc.green`).
+
+Under ``zmq_security = curve`` a request carries its sender's key name (``Request.caller``, the ZAP
+User-Id). libzmq drops a message's properties when it is sent on, so the User-Id does not survive the
+device's hop to the workers: a direct server's device is then a Python relay (:class:`_StampingDevice`)
+that reads each request's User-Id and prepends it as a frame. Requests through proxies or publishers come
+from an authenticated proxy and have no caller of their own (``caller`` None; the rules are not applied).
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zmqrpc import green, metrics, protocol
 from zmqrpc.dedup import DuplicateFilter, Seen
-from zmqrpc.errors import NoSuchMethod, ReplyEvicted
+from zmqrpc.errors import NoSuchMethod, NotAuthorized, ReplyEvicted
 from zmqrpc.logonce import WarnOnce
 from zmqrpc.matchmaker import MatchMaker, Registrar, RoutingCache, create_matchmaker
 from zmqrpc.protocol import Envelope, MessageType
+from zmqrpc.security import load_security
 from zmqrpc.sockets import (
     CLOSE_LINGER_MS,
     NOBLOCK,
@@ -46,6 +53,8 @@ LOG = logging.getLogger(__name__)
 
 # How often a server re-reads which proxies and publishers exist (from its cached matchmaker view).
 SYNC_INTERVAL = 1.0
+# Messages a stamping device moves in one direction before it looks at the other.
+DEVICE_BATCH = 64
 # How often a stopping device's leftovers are drained while it ends.
 DRAIN_INTERVAL = 0.01
 # Messages that may wait at one worker: enough that the device hands over batches instead of waking for
@@ -72,6 +81,8 @@ class Request:
     msg_id: bytes
     # Calls only: tells the caller the call is still running (call monitoring). Any thread may call it.
     heartbeat: Callable[[], None] | None = None
+    # zmq_security = curve: the sender's key name (ZAP User-Id); None without CURVE or through a proxy.
+    caller: str | None = None
 
 
 Dispatcher = Callable[[Request], Any]
@@ -216,6 +227,72 @@ class _Device:
         self._control_in.close(0)
 
 
+class _StampingDevice(_Device):
+    """A device in Python that prepends each request's ZAP User-Id (b"" when none) as a frame.
+
+    libzmq clears a message's properties when a socket sends it, so behind ``zmq.proxy`` a worker could
+    not learn who called. Replies pass through unchanged. Back-pressure is kept: a request the workers
+    cannot take yet is held, and the frontend is not read until it went.
+    """
+
+    def _run(self) -> None:
+        try:
+            self._relay()
+        except zmq.ContextTerminated:
+            pass
+        except zmq.ZMQError as exc:
+            LOG.error("%s stopped: %s", self.name, exc)
+
+    def _relay(self) -> None:
+        front, back, control = self.frontend, self.backend, self._control_in
+        poller = zmq.Poller()
+        for sock in (front, back, control):
+            poller.register(sock, zmq.POLLIN)
+        held: list[bytes] | None = None
+        while True:
+            poller.modify(front, 0 if held else zmq.POLLIN)
+            poller.modify(back, zmq.POLLIN | (zmq.POLLOUT if held else 0))
+            events = dict(poller.poll())
+            if control in events:
+                control.recv()
+                return
+            ready = events.get(back, 0)
+            if ready & zmq.POLLIN:
+                for _ in range(DEVICE_BATCH):
+                    try:
+                        frames = back.recv_multipart(NOBLOCK)
+                    except zmq.Again:
+                        break
+                    with contextlib.suppress(zmq.ZMQError):  # a caller gone: dropped, as zmq.proxy does
+                        front.send_multipart(frames, NOBLOCK)
+            if held is not None and ready & zmq.POLLOUT:
+                held = self._forward(back, held)
+            if held is None and front in events:
+                for _ in range(DEVICE_BATCH):
+                    try:
+                        first = front.recv(NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    try:
+                        caller = str(first.get("User-Id")).encode()
+                    except zmq.ZMQError:  # inproc (published fanout, rescued requests): no User-Id
+                        caller = b""
+                    frames = [caller, first.bytes]
+                    while front.getsockopt(zmq.RCVMORE):
+                        frames.append(front.recv())
+                    held = self._forward(back, frames)
+                    if held is not None:
+                        break
+
+    @staticmethod
+    def _forward(back: zmq.Socket, frames: list[bytes]) -> list[bytes] | None:
+        try:
+            back.send_multipart(frames, NOBLOCK)
+        except zmq.Again:
+            return frames  # every worker's queue is full: hold it
+        return None
+
+
 class _Worker:
     """One dispatch thread and the socket it holds: requests arrive and replies leave through libzmq.
 
@@ -291,7 +368,16 @@ class RpcServer:
         self._registrar = Registrar(self.matchmaker, opts.zmq_target_expire, opts.zmq_target_update)
         self._proxies = RoutingCache(self.matchmaker, opts.rpc_zmq_cache_refresh)
         self._duplicates = DuplicateFilter(opts.rpc_message_ttl, opts.rpc_reply_cache_bytes)
-        self._sockets = SocketFactory(opts, context)
+        self._security = load_security(opts)
+        self._sockets = SocketFactory(opts, context, self._security)
+        # A direct CURVE server learns each request's caller from a stamp its device prepends.
+        self._stamped = self._security is not None and not self._via_proxy
+        self._rules = self._security.rules if self._security is not None else None
+        if self._security is not None:
+            # The proxies' and publishers' key names, as they registered them (for the keys we expect).
+            self._security.names = lambda address: protocol.key_names(
+                self._proxies.lookup_cached(protocol.KEY_NAMES)
+            ).get(address, [])
         uid = uuid.uuid4().hex
         self._frontend_inproc = f"inproc://zmqrpc-front-{uid}"
         self._workers_inproc = f"inproc://zmqrpc-workers-{uid}"
@@ -340,7 +426,8 @@ class RpcServer:
             raise
         backend = factory.inproc(zmq.DEALER, hwm=WORKER_QUEUE)
         backend.bind(self._workers_inproc)
-        self._front = _Device(
+        device = _StampingDevice if self._stamped else _Device
+        self._front = device(
             factory, frontend, backend, f"zmqrpc-device-{self.topics[0]}", drain_endpoint=self._workers_inproc
         )
         if self._pub_sub:
@@ -351,6 +438,8 @@ class RpcServer:
             self._published = _Device(factory, sub, feed, f"zmqrpc-published-{self.topics[0]}")
             if not self.settings.zmq.subscribe_on:
                 self._proxies.lookup(protocol.PROXY_PUBLISHERS)
+        if self._security is not None and (self._via_proxy or self._pub_sub):
+            self._proxies.lookup(protocol.KEY_NAMES)  # after the proxies' addresses: at least as fresh
         self._running = True
         if self._via_proxy:
             self._connect_to_proxies(frontend)
@@ -369,6 +458,9 @@ class RpcServer:
         self._sync_thread.start()
         for topic in sorted(self._serving):
             self._registrar.add(topic, self.address)
+        if self._security is not None and not self._via_proxy:
+            # Which allowed key clients must find here (they check it in their own allowed-keys dir).
+            self._registrar.add(protocol.KEY_NAMES, f"{self.address}|{self._security.own.name}")
         if self._pub_sub:
             for topic in self.topics:
                 self._registrar.add(protocol.subscribers_topic(topic), self.address)
@@ -491,7 +583,9 @@ class RpcServer:
                 )
             if backends != self._backends:
                 front = self._front
-                self._front.reconfigure(lambda: sync_connections(front.frontend, self._backends, backends))
+                self._front.reconfigure(
+                    lambda: sync_connections(front.frontend, self._backends, backends, self._sockets)
+                )
         if self._published is not None:
             publishers = set(
                 self.settings.zmq.subscribe_on or self._proxies.lookup_cached(protocol.PROXY_PUBLISHERS)
@@ -505,7 +599,7 @@ class RpcServer:
             if publishers != self._publishers:
                 published = self._published
                 published.reconfigure(
-                    lambda: sync_connections(published.frontend, self._publishers, publishers)
+                    lambda: sync_connections(published.frontend, self._publishers, publishers, self._sockets)
                 )
 
     # ------------------------------------------------------------------ workers
@@ -553,7 +647,13 @@ class RpcServer:
 
     def _handle(self, worker: _Worker, frames: list[bytes]) -> None:
         """Check one message, ack it if asked, run it, and send the reply on the worker's socket."""
-        if frames[0] == self._rescue_id:
+        caller = None
+        if self._stamped:
+            stamp, frames = frames[0], frames[1:]
+            if frames[0] == self._rescue_id:  # taken back from a busy worker: its stamp follows
+                stamp, frames = frames[1], frames[2:]
+            caller = stamp.decode("utf-8", "replace") or None
+        elif frames[0] == self._rescue_id:
             frames = frames[1:]  # taken back from a busy worker: the message as that worker got it
         peer = frames[0]
         if peer == self._published_id:
@@ -577,6 +677,8 @@ class RpcServer:
             self.drops.drop("unexpected type", f"{env.type.name} on the subscriber socket", source)
             return
         self._received_metric[env.type].inc()
+        if caller is not None and self._rules and self._refused(worker, prefix, env, caller, source):
+            return
         acked = env.wants_ack and prefix is not None
         calls = env.type is MessageType.CALL and prefix is not None
         if acked:
@@ -592,7 +694,7 @@ class RpcServer:
                 return
         heartbeat = functools.partial(self._heartbeat, worker, prefix, env) if prefix and calls else None
         request = Request(
-            env.type, env.topic, env.body["context"], env.body["message"], env.msg_id, heartbeat
+            env.type, env.topic, env.body["context"], env.body["message"], env.msg_id, heartbeat, caller
         )
         with worker.lock:
             worker.busy_with, worker.busy_since = env.msg_id, time.monotonic()
@@ -622,6 +724,24 @@ class RpcServer:
             self._duplicates.remember_reply(env.msg_id, reply)
         self._send(worker, prefix, reply)
         self._metrics.sent_by_type["reply"].inc()
+
+    def _refused(
+        self, worker: _Worker, prefix: bytes | None, env: Envelope, caller: str, source: str
+    ) -> bool:
+        """Check the authorization rules; a refused call gets an error reply naming why, a refused one-way
+        message is a counted drop (acked if asked: sending it again would not help)."""
+        assert self._rules is not None
+        why = self._rules.check(caller, env.topic, env.type.name.lower())
+        if why is None:
+            return False
+        self.drops.drop("not authorized", why, source)
+        if prefix is not None and env.type is MessageType.CALL:
+            self._send(
+                worker, prefix, self._frame_reply(env, {"failure": describe_failure(NotAuthorized(why))})
+            )
+        elif prefix is not None and env.wants_ack:
+            self._ack(worker, prefix, env)
+        return True
 
     def _ack(self, worker: _Worker, prefix: bytes, env: Envelope) -> None:
         ack = protocol.encode(MessageType.ACK, "", {}, self._serializer, msg_id=env.msg_id, route=env.route)
@@ -695,7 +815,10 @@ class RpcServer:
                     except zmq.Again:
                         break
                     # Taken back before: strip the old mark, the frontend adds it again.
-                    taken.append(frames[1:] if frames[0] == self._rescue_id else frames)
+                    if self._stamped:
+                        taken.append(frames[2:] if frames[1] == self._rescue_id else frames)
+                    else:
+                        taken.append(frames[1:] if frames[0] == self._rescue_id else frames)
         return taken
 
     def _frame_reply(self, env: Envelope, body: dict[str, Any]) -> list[bytes]:

@@ -1,6 +1,9 @@
 """Sockets: the only place zmqrpc creates ZeroMQ sockets, with their options and port-range binding.
 
-Keeping creation here means one place sets high-water marks, linger, keepalive and (later) CURVE keys.
+Keeping creation here means one place sets high-water marks, linger, keepalive and CURVE keys: with
+``zmq_security = curve`` every TCP socket carries the node's keypair, a socket that binds is a CURVE server
+(ZAP domain enforced, so no handler means no peer), and :meth:`SocketFactory.connect` gives a socket the
+key it must find at the other end (:mod:`zmqrpc.security`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import zmq
 
 from zmqrpc import green
 from zmqrpc.errors import BindError, PortRangeExhausted
+from zmqrpc.security import ZAP_DOMAIN, CurveSecurity, UntrustedPeer, authenticator_for
 
 if TYPE_CHECKING:
     from zmqrpc.config import OptionValues
@@ -48,11 +52,20 @@ def tcp_endpoint(address: str) -> str:
 
 
 class SocketFactory:
-    """Creates sockets with the options from ``[oslo_messaging_zmq]``."""
+    """Creates sockets with the options from ``[oslo_messaging_zmq]``, and the CURVE material ``security``
+    (None: zmq_security = none, plain sockets)."""
 
-    def __init__(self, zmq_opts: OptionValues, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        zmq_opts: OptionValues,
+        context: zmq.Context | None = None,
+        security: CurveSecurity | None = None,
+    ) -> None:
         self.opts = zmq_opts
         self.context = context or zmq.Context.instance()
+        self.security = security
+        # The authenticator must answer before the first CURVE socket binds (else no peer gets in).
+        self._auth = authenticator_for(self.context, security) if security is not None else None
 
     def _linger_ms(self, dynamic: bool) -> int:
         linger = self.opts.zmq_linger
@@ -78,7 +91,27 @@ class SocketFactory:
                 if value != -1:
                     sock.setsockopt(opt, value)
         sock.setsockopt(zmq.IPV6, 1)
+        if self.security is not None:
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, self.security.own.public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self.security.own.secret)
         return sock
+
+    def _serve(self, sock: zmq.Socket, endpoint: str) -> None:
+        """Make a socket about to bind a CURVE server whose peers ZAP must accept."""
+        if self.security is None or self._auth is None:
+            return
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+        # Without a ZAP handler libzmq would accept anyone; enforced, it refuses everyone instead.
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        self._auth.watch(sock, endpoint)
+
+    def connect(self, sock: zmq.Socket, address: str) -> None:
+        """Connect to ``host:port``; under CURVE, expecting the peer's allowed key (raises UntrustedPeer
+        when there is none: nothing may be sent there)."""
+        if self.security is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, self.security.key_for(address))
+        sock.connect(tcp_endpoint(address))
 
     def dealer(
         self, dynamic: bool = False, identity: str | None = None, blocking: bool = False
@@ -140,6 +173,7 @@ class SocketFactory:
         opts = self.opts
         low, high, tries = opts.rpc_zmq_min_port, opts.rpc_zmq_max_port, opts.rpc_zmq_bind_port_retries
         address = _bind_host(opts.rpc_zmq_bind_address)
+        self._serve(sock, f"tcp://{address}")
         try:
             return sock.bind_to_random_port(f"tcp://{address}", low, high, max(tries, 1))
         except zmq.ZMQBindError:
@@ -153,6 +187,7 @@ class SocketFactory:
     def bind_port(self, sock: zmq.Socket, host: str, port: int) -> int:
         """Bind to a fixed port (0 = random, as the proxy flags define); return the real port."""
         address = _bind_host(host)
+        self._serve(sock, f"tcp://{address}:{port}")
         try:
             if port == 0:
                 return sock.bind_to_random_port(f"tcp://{address}")
@@ -175,11 +210,28 @@ def new_routing_id(name: str) -> str:
     return f"{name}/{uuid.uuid4().hex[:12]}"
 
 
-def sync_connections(sock: zmq.Socket, connected: set[str], wanted: Iterable[str]) -> None:
-    """Connect ``sock`` to new addresses in ``wanted`` and disconnect from those no longer wanted."""
+_UNTRUSTED_LOGGED: set[str] = set()
+
+
+def sync_connections(
+    sock: zmq.Socket, connected: set[str], wanted: Iterable[str], factory: SocketFactory | None = None
+) -> None:
+    """Connect ``sock`` to new addresses in ``wanted`` and disconnect from those no longer wanted.
+
+    With a ``factory`` under CURVE, an address without an allowed key is skipped (logged; tried again on
+    the next sync, when its key may have arrived)."""
     wanted_set = set(wanted)
     for address in sorted(wanted_set - connected):
-        sock.connect(tcp_endpoint(address))
+        if factory is None:
+            sock.connect(tcp_endpoint(address))
+        else:
+            try:
+                factory.connect(sock, address)
+            except UntrustedPeer as exc:
+                if address not in _UNTRUSTED_LOGGED:
+                    _UNTRUSTED_LOGGED.add(address)
+                    LOG.warning("not connecting (logged once per address): %s", exc)
+                continue
         connected.add(address)
     for address in sorted(connected - wanted_set):
         with contextlib.suppress(zmq.ZMQError):

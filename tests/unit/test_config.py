@@ -58,6 +58,10 @@ ZMQ_DEFAULTS: dict[str, Any] = {
     "zmq_fallback_transport_url": None,
     "zmq_fallback_fanout": True,
     "zmq_receiver_enabled": True,
+    "zmq_security": "none",
+    "zmq_curve_secret_key_file": "",
+    "zmq_curve_allowed_keys_dir": "",
+    "zmq_curve_authorization": (),
 }
 PROXY_DEFAULTS = {
     "host": HOSTNAME,
@@ -76,6 +80,13 @@ REDIS_DEFAULTS = {
     "wait_timeout": 2000,
     "check_timeout": 20000,
     "socket_timeout": 10000,
+    "username": "",
+    "ssl": False,
+    "ssl_ca_file": "",
+    "ssl_cert_file": "",
+    "ssl_key_file": "",
+    "sentinel_username": "",
+    "sentinel_password": "",
 }
 HOST_1 = (("host-1", 6379),)
 
@@ -254,6 +265,7 @@ def test_list_opts_covers_every_option() -> None:
     assert set(groups["zmq_proxy_opts"]) == set(PROXY_DEFAULTS)
     assert set(groups["matchmaker_redis"]) == set(REDIS_DEFAULTS)
     assert groups["matchmaker_redis"]["password"].secret
+    assert groups["matchmaker_redis"]["sentinel_password"].secret
     for group, opts in groups.items():
         for opt in opts.values():
             assert opt.help, f"[{group}] {opt.name} has no help"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zmqrpc.address import DEFAULT_REDIS_PORT
 from zmqrpc.matchmaker.base import MatchMaker, MatchmakerError
@@ -16,6 +16,23 @@ if TYPE_CHECKING:
     from zmqrpc.config import Settings
 
 __all__ = ["create_matchmaker"]
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """redis-py's TLS arguments from ``[matchmaker_redis]`` (empty: no TLS). The server certificate is
+    checked against ssl_ca_file (else the system's CAs), host name included."""
+    if not settings.redis_tls:
+        return {}
+    opts = settings.matchmaker_redis
+    tls: dict[str, Any] = {"ssl": True, "ssl_cert_reqs": "required"}
+    for option, arg in (
+        ("ssl_ca_file", "ssl_ca_certs"),
+        ("ssl_cert_file", "ssl_certfile"),
+        ("ssl_key_file", "ssl_keyfile"),
+    ):
+        if opts[option]:
+            tls[arg] = opts[option]
+    return tls
 
 
 def create_matchmaker(settings: Settings) -> MatchMaker:
@@ -34,11 +51,24 @@ def create_matchmaker(settings: Settings) -> MatchMaker:
         username = settings.redis_username or None
         timeout = settings.redis_socket_timeout
         hosts = list(settings.redis_hosts)
+        tls = tls_options(settings)
         if kind == "redis":
             hosts = hosts or [("127.0.0.1", DEFAULT_REDIS_PORT)]
-            return RedisMatchMaker(hosts, password=password, username=username, socket_timeout=timeout)
+            return RedisMatchMaker(
+                hosts, password=password, username=username, socket_timeout=timeout, tls=tls
+            )
         if not hosts:
             raise MatchmakerError("sentinel matchmaker: no sentinel hosts configured")
         group = settings.sentinel_group_name or ""
-        return SentinelMatchMaker(hosts, group, password=password, username=username, socket_timeout=timeout)
+        redis_opts = settings.matchmaker_redis
+        return SentinelMatchMaker(
+            hosts,
+            group,
+            password=password,
+            username=username,
+            socket_timeout=timeout,
+            tls=tls,
+            sentinel_password=redis_opts.sentinel_password or None,
+            sentinel_username=redis_opts.sentinel_username or None,
+        )
     raise MatchmakerError(f"unknown matchmaker {kind!r} (expected redis, sentinel, dummy or ring)")

@@ -124,6 +124,7 @@ class RedisMatchMaker(MatchMaker):
         socket_timeout: float = 10.0,
         key_prefix: str = "zmqrpc",
         socket_connect_timeout: float | None = None,
+        tls: dict[str, Any] | None = None,
     ) -> None:
         self._hosts = [parse_host_port(h, DEFAULT_REDIS_PORT) for h in hosts]
         if not self._hosts:
@@ -141,6 +142,7 @@ class RedisMatchMaker(MatchMaker):
             "socket_connect_timeout": socket_connect_timeout,
             "retry": Retry(NoBackoff(), 1),
             "decode_responses": True,
+            **(tls or {}),  # ssl=True and its files (matchmaker.factory.tls_options)
         }
         self._backends = self._make_backends()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import redis.sentinel
 from redis.backoff import NoBackoff
@@ -35,6 +36,7 @@ class SentinelMatchMaker(RedisMatchMaker):
         sentinel_password: str | None = None,
         sentinel_username: str | None = None,
         read_from_replicas: bool = True,
+        tls: dict[str, Any] | None = None,
     ) -> None:
         if not group_name:
             raise MatchmakerError("sentinel matchmaker: no sentinel group name configured")
@@ -49,6 +51,7 @@ class SentinelMatchMaker(RedisMatchMaker):
             socket_timeout=socket_timeout,
             key_prefix=key_prefix,
             socket_connect_timeout=socket_connect_timeout,
+            tls=tls,
         )
 
     def _make_backends(self) -> list[Backend]:
@@ -58,6 +61,8 @@ class SentinelMatchMaker(RedisMatchMaker):
             # Other sentinels are tried anyway; never sleep on a dead one.
             "retry": Retry(NoBackoff(), 0),
             **{k: v for k, v in self._sentinel_auth.items() if v is not None},
+            # The Sentinels speak TLS too when Redis does (Debian's redis-sentinel: tls-port).
+            **{k: v for k, v in self._conn_kwargs.items() if k.startswith("ssl")},
         }
         self._sentinel = redis.sentinel.Sentinel(
             self._hosts, sentinel_kwargs=sentinel_kwargs, **self._conn_kwargs

@@ -1,0 +1,471 @@
+"""zmq_security = curve across real processes: refused peers, caller identity, authorization, no fail-open,
+bad key files, rogue registrations, CURVE through proxies, and the matchmaker locked (Redis ACL and TLS).
+
+Keys are made with ``zmq.auth.create_certificates`` in a temporary directory. Servers are ``tests.rpc_node``
+processes; a ledger file they write proves what ran.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import zmq
+import zmq.auth
+
+from tests.integration.test_metrics import scrape, value
+from tests.procs import ROOT, ProxyProcess, ServerProcess
+from tests.servers import RedisServer, find_binary, free_port, wait_for
+from zmqrpc import protocol
+from zmqrpc.client import RpcClient
+from zmqrpc.config import load_settings
+from zmqrpc.errors import MatchmakerError, RemoteError
+from zmqrpc.matchmaker import RedisMatchMaker
+from zmqrpc.protocol import MessageType
+
+pytestmark = pytest.mark.integration
+
+FAST = {
+    "zmq_target_update": 1,
+    "zmq_target_expire": 5,
+    "rpc_zmq_cache_refresh": 1,
+    "zmq_connect_timeout": 1.0,
+}
+NODES = ("node-a", "node-b", "client-1")  # allowed; "stranger" has a key nobody allows
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``<dir>/<name>.key_secret`` for every node and the stranger; ``<dir>/allowed/`` the allowed keys."""
+    root = tmp_path_factory.mktemp("keys")
+    allowed = root / "allowed"
+    allowed.mkdir()
+    for name in (*NODES, "stranger"):
+        public, secret = zmq.auth.create_certificates(str(root), name)
+        os.chmod(secret, 0o600)
+        if name != "stranger":
+            shutil.move(public, allowed / f"{name}.key")
+    return root
+
+
+def curve(keys: Path, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        **FAST,
+        "zmq_security": "curve",
+        "zmq_curve_secret_key_file": str(keys / f"{name}.key_secret"),
+        "zmq_curve_allowed_keys_dir": str(keys / "allowed"),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    with RedisServer() as server:
+        yield server
+
+
+def serve(redis_server: RedisServer, keys: Path, name: str, tmp_path: Path, **extra: Any) -> ServerProcess:
+    overrides = curve(keys, name, rpc_zmq_host=name, rpc_zmq_bind_address="127.0.0.1", **extra)
+    ledger = str(tmp_path / f"{name}.ledger")
+    return ServerProcess(redis_server.url, ["svc"], name, ledger=ledger, **overrides).start()
+
+
+def client(redis_server: RedisServer, keys: Path, name: str, **extra: Any) -> RpcClient:
+    return RpcClient(load_settings(url=redis_server.url, overrides=curve(keys, name, **extra)))
+
+
+def ledger(tmp_path: Path, name: str) -> list[str]:
+    path = tmp_path / f"{name}.ledger"
+    return path.read_text().split() if path.exists() else []
+
+
+def cast_frames(tag: str) -> list[bytes]:
+    body = {"message": {"method": "record", "args": {"tag": tag}}, "context": {}}
+    return protocol.encode(MessageType.CAST, "svc", body, protocol.get_serializer("json"))
+
+
+def raw_dealer(address: str, secret_file: Path | None, server_public: bytes | None) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    if secret_file is not None:
+        public, secret = zmq.auth.load_certificate(secret_file)
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_public
+    sock.connect(f"tcp://{address}")
+    return sock
+
+
+def test_peers_without_an_allowed_key_are_refused_counted_and_never_run(redis_server, keys, tmp_path) -> None:
+    port = free_port()
+    server = serve(redis_server, keys, "node-a", tmp_path, metrics_port=port)
+    try:
+        node_a_public, _ = zmq.auth.load_certificate(keys / "allowed" / "node-a.key")
+        no_key = raw_dealer(server.address, None, None)
+        stranger = raw_dealer(server.address, keys / "stranger.key_secret", node_a_public)
+        for sock, tag in ((no_key, "from-no-key"), (stranger, "from-stranger")):
+            for _ in range(3):
+                sock.send_multipart(cast_frames(tag))
+        with client(redis_server, keys, "client-1") as allowed:
+            allowed.cast("svc", "record", {"tag": "from-client-1"})
+            assert allowed.call("svc", "whoami", timeout=10) == "node-a"
+        wait_for(lambda: value(scrape(port), "zmqrpc_auth_failures_total") >= 2, timeout=10)
+        time.sleep(1.0)  # what the refused peers sent had every chance to arrive
+        assert ledger(tmp_path, "node-a") == ["from-client-1"]
+        no_key.close()
+        stranger.close()
+    finally:
+        server.stop()
+
+
+def test_every_request_carries_the_callers_key_name(redis_server, keys, tmp_path) -> None:
+    server = serve(redis_server, keys, "node-a", tmp_path)
+    try:
+        for name in ("client-1", "node-b"):
+            with client(redis_server, keys, name) as c:
+                assert c.call("svc", "caller", timeout=10) == name
+                assert c.call("svc", "caller", timeout=10, server="node-a") == name
+    finally:
+        server.stop()
+
+
+def test_authorization_rules_allow_and_refuse(redis_server, keys, tmp_path) -> None:
+    rules = ["client-*:svc:call", "node-*:svc.{key}"]
+    server = serve(redis_server, keys, "node-a", tmp_path, zmq_curve_authorization=rules)
+    try:
+        with client(redis_server, keys, "client-1") as c:
+            assert c.call("svc", "whoami", timeout=10) == "node-a"
+            c.cast("svc", "record", {"tag": "cast-by-client-1"})  # only calls are allowed to it
+            with pytest.raises(RemoteError) as refused:
+                c.call("svc", "whoami", timeout=10, server="node-a")
+            assert refused.value.exc_type == "zmqrpc.errors.NotAuthorized"
+            assert "client-*:svc:call" in refused.value.message
+        with client(redis_server, keys, "node-a") as own:  # {key}: a node may reach its own directed topic
+            own.cast("svc", "record", {"tag": "cast-by-node-a"}, server="node-a")
+            assert own.call("svc", "whoami", timeout=10, server="node-a") == "node-a"
+        with client(redis_server, keys, "node-b") as other, pytest.raises(RemoteError):
+            other.call("svc", "whoami", timeout=10, server="node-a")  # ...but not another node's
+        with client(redis_server, keys, "client-1") as c:
+            drops = c.call("svc", "drops", timeout=10)
+        assert drops.get("not authorized", 0) >= 3
+        assert ledger(tmp_path, "node-a") == ["cast-by-node-a"]
+    finally:
+        server.stop()
+
+
+def test_a_dead_authenticator_ends_the_process_and_lets_no_one_in(redis_server, keys, tmp_path) -> None:
+    server = serve(redis_server, keys, "node-a", tmp_path)
+    try:
+        with client(redis_server, keys, "client-1") as c:
+            assert c.call("svc", "whoami", timeout=10) == "node-a"
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGUSR2)  # tests.rpc_node's hook: the ZAP thread dies
+        assert server.proc.wait(10) == 70
+    finally:
+        server.kill()
+
+
+NO_WATCHDOG = """
+import sys, time, zmq, zmq.auth
+from zmqrpc import security
+from zmqrpc.config import load_settings
+from zmqrpc.sockets import SocketFactory
+keys = sys.argv[1]
+settings = load_settings(overrides={"zmq_security": "curve",
+                                    "zmq_curve_secret_key_file": keys + "/node-a.key_secret",
+                                    "zmq_curve_allowed_keys_dir": keys + "/allowed"})
+factory = SocketFactory(settings.zmq, security=security.load_security(settings.zmq))
+router = factory.router()
+port = factory.bind_port(router, "127.0.0.1", 0)
+auth = security.running_authenticator(zmq.Context.instance())
+auth._stopping = True  # the watchdog stands aside: what does libzmq do with no ZAP handler at all?
+auth.kill_for_test()
+time.sleep(0.5)
+public, secret = zmq.auth.load_certificate(keys + "/client-1.key_secret")
+peer = zmq.Context.instance().socket(zmq.DEALER)
+peer.curve_publickey, peer.curve_secretkey = public, secret
+peer.curve_serverkey = zmq.auth.load_certificate(keys + "/allowed/node-a.key")[0]
+peer.linger = 0
+peer.connect(f"tcp://127.0.0.1:{port}")
+peer.send(b"hello")
+print("served" if router.poll(2000) else "refused", flush=True)
+import os; os._exit(0)
+"""
+
+
+def test_without_a_zap_handler_libzmq_refuses_even_a_valid_key(keys) -> None:
+    """ZMQ_ZAP_ENFORCE_DOMAIN: the moments between the handler's death and the exit serve no one."""
+    done = subprocess.run(
+        [sys.executable, "-c", NO_WATCHDOG, str(keys)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout.strip() == "refused", done.stderr[-2000:]
+
+
+def agent_with(tmp_path: Path, keys: Path, secret: Path, allowed: Path) -> subprocess.CompletedProcess:
+    conf = tmp_path / "agent.conf"
+    conf.write_text(
+        "[DEFAULT]\ntransport_url = zmq://\n[oslo_messaging_zmq]\nrpc_zmq_matchmaker = dummy\n"
+        f"rpc_zmq_ipc_dir = {tmp_path}\nzmq_security = curve\nzmq_curve_secret_key_file = {secret}\n"
+        f"zmq_curve_allowed_keys_dir = {allowed}\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "zmqrpc.cli", "agent", "--config-file", str(conf)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("case", ["open secret key", "missing file", "malformed file", "no allowed keys"])
+def test_each_bad_key_file_is_named_and_exits_2(keys, tmp_path, case: str) -> None:
+    secret, allowed = tmp_path / "node-a.key_secret", tmp_path / "allowed"
+    shutil.copy(keys / "node-a.key_secret", secret)
+    shutil.copytree(keys / "allowed", allowed)
+    os.chmod(secret, 0o600)
+    named, says = secret, ""
+    if case == "open secret key":
+        os.chmod(secret, 0o644)
+        says = "readable by group or others"
+    elif case == "missing file":
+        secret.unlink()
+        says = "No such file"
+    elif case == "malformed file":
+        secret.write_text('metadata\ncurve\n    public-key = "not a key"\n    secret-key = "nor this"\n')
+        says = "malformed"
+    else:
+        for key in allowed.iterdir():
+            key.unlink()
+        named, says = allowed, "holds no <name>.key"
+    done = agent_with(tmp_path, keys, secret, allowed)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert str(named) in done.stderr and says in done.stderr, done.stderr[-2000:]
+
+
+def test_a_rogue_registration_gets_no_message(redis_server, keys, tmp_path) -> None:
+    """A process that registers itself for 'svc' under node-a's key name cannot complete a handshake."""
+    server = serve(redis_server, keys, "node-a", tmp_path)
+    context = zmq.Context.instance()
+    rogues = []
+    try:
+        mm = RedisMatchMaker([redis_server.address])
+        # One rogue with the stranger's key claiming node-a's name, one without CURVE at all.
+        for secret in (keys / "stranger.key_secret", None):
+            rogue = context.socket(zmq.ROUTER)
+            rogue.linger = 0
+            if secret is not None:
+                public, private = zmq.auth.load_certificate(secret)
+                rogue.curve_server, rogue.curve_publickey, rogue.curve_secretkey = True, public, private
+            address = f"127.0.0.1:{rogue.bind_to_random_port('tcp://127.0.0.1')}"
+            mm.register("svc", address, 60)
+            mm.register(protocol.KEY_NAMES, f"{address}|node-a", 60)
+            rogues.append((rogue, address))
+        with client(redis_server, keys, "client-1") as c:
+            answered = [c.call("svc", "whoami", timeout=10) for _ in range(6)]
+            c.cast("svc", "record", {"tag": "after-rogues"})
+            assert c.call("svc", "whoami", timeout=10) == "node-a"
+        assert answered == ["node-a"] * 6
+        for rogue, _ in rogues:
+            assert not rogue.poll(200), "a rogue received a message"
+        assert ledger(tmp_path, "node-a") == ["after-rogues"]
+        for _, address in rogues:
+            mm.unregister("svc", address)
+        mm.close()
+    finally:
+        for rogue, _ in rogues:
+            rogue.close()
+        server.stop()
+
+
+def test_curve_through_router_proxies_and_publishers(redis_server, keys, tmp_path) -> None:
+    """Router proxy + PUB/SUB: every hop speaks CURVE; calls, casts and published fanout arrive."""
+    extra = "".join(f"{k} = {v}\n" for k, v in curve(keys, "node-b").items() if k.startswith("zmq_"))
+    proxy = ProxyProcess(tmp_path, redis_server.url, use_pub_sub=True, publisher_port=0, extra=extra).start()
+    topology = {"use_router_proxy": True, "use_pub_sub": True}
+    server = None
+    try:
+        mm = RedisMatchMaker([redis_server.address])
+        wait_for(lambda: mm.get_hosts(protocol.PROXY_PUBLISHERS), timeout=15)
+        server = serve(redis_server, keys, "node-a", tmp_path, **topology)
+        with client(redis_server, keys, "client-1", **topology) as c:
+            assert wait_for(lambda: c.call("svc", "whoami", timeout=5), timeout=20) == "node-a"
+            c.cast("svc", "record", {"tag": "proxied-cast"})
+            c.fanout("svc", "record", {"tag": "published-fanout"})
+            wait_for(lambda: len(ledger(tmp_path, "node-a")) == 2, timeout=15)
+        assert sorted(ledger(tmp_path, "node-a")) == ["proxied-cast", "published-fanout"]
+        mm.close()
+    finally:
+        if server is not None:
+            server.stop()
+        proxy.stop()
+
+
+# --------------------------------------------------------------------------- the matchmaker locked
+
+
+class AclRedis(RedisServer):
+    """redis-server whose default user is off: only ``zmqrpc`` with its password, on ``zmqrpc:*`` keys."""
+
+    def __init__(self, password: str) -> None:
+        self.acl_password = password
+        super().__init__()
+
+    def _argv(self) -> list[str]:
+        acl = self.dir / "users.acl"
+        acl.write_text(
+            "user default off\n"
+            f"user zmqrpc on >{self.acl_password} ~zmqrpc:* resetchannels -@all +@read +@write +@scripting "
+            "+@connection +ping +info\n"
+            f"user admin on >{self.acl_password} ~* +@all\n"
+        )
+        return [*super()._argv(), "--aclfile", str(acl)]
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        kwargs.setdefault("decode_responses", True)
+        kwargs.setdefault("socket_timeout", 5)
+        return redis.Redis(
+            host=self.host, port=self.port, username="admin", password=self.acl_password, **kwargs
+        )
+
+
+def test_redis_acl_user_and_password(keys, tmp_path) -> None:
+    secret = "s3cret-acl-pass"
+    with AclRedis(secret) as acl_redis:
+        url = f"zmq+redis://zmqrpc:{secret}@127.0.0.1:{acl_redis.port}"
+        server = ServerProcess(url, ["svc"], "node-a", rpc_zmq_bind_address="127.0.0.1", **FAST).start()
+        try:
+            with RpcClient(load_settings(url=url, overrides=FAST)) as c:
+                assert c.call("svc", "whoami", timeout=10) == "node-a"
+            for user, password in ((None, None), ("zmqrpc", None), ("zmqrpc", "wrong")):
+                mm = RedisMatchMaker([("127.0.0.1", acl_redis.port)], username=user, password=password)
+                with pytest.raises(MatchmakerError):
+                    mm.get_hosts("svc")
+                mm.close()
+            # The user sees nothing outside zmqrpc's keys.
+            plain = redis.Redis(port=acl_redis.port, username="zmqrpc", password=secret)
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                plain.get("other:key")
+            plain.close()
+            # The password appears neither in `zmqrpc matchmaker list` nor in its log.
+            conf = tmp_path / "list.conf"
+            conf.write_text(f"[DEFAULT]\ntransport_url = {url}\n")
+            listed = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "zmqrpc.cli",
+                    "--debug",
+                    "matchmaker",
+                    "--config-file",
+                    str(conf),
+                    "list",
+                ],
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert listed.returncode == 0, listed.stderr[-2000:]
+            assert "svc" in listed.stdout
+            assert secret not in listed.stdout + listed.stderr
+        finally:
+            server.stop()
+
+
+def make_tls(tmp_path: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1, made with openssl."""
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "ca-key", "server", "server-key")}
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=zmqrpc test CA",
+        "-keyout", str(files["ca-key"]), "-out", str(files["ca"]))  # fmt: skip
+    csr = tmp_path / "server.csr"
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", str(files["server-key"]), "-out", str(csr))  # fmt: skip
+    ext = tmp_path / "san.ext"
+    ext.write_text("subjectAltName = IP:127.0.0.1\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(files["ca"]), "-CAkey", str(files["ca-key"]),
+        "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(files["server"]))  # fmt: skip
+    return files
+
+
+class TlsRedis(RedisServer):
+    """redis-server with TLS only (Debian 12's build has it): its plain port is off."""
+
+    def __init__(self, tls: dict[str, Path]) -> None:
+        self.tls = tls
+        super().__init__()
+
+    def _argv(self) -> list[str]:
+        argv = super()._argv()
+        argv[argv.index("--port") + 1] = "0"
+        return [
+            *argv,
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls["server"]),
+            "--tls-key-file", str(self.tls["server-key"]),
+            "--tls-ca-cert-file", str(self.tls["ca"]),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        kwargs.setdefault("decode_responses", True)
+        kwargs.setdefault("socket_timeout", 5)
+        return redis.Redis(
+            host=self.host, port=self.port, ssl=True, ssl_ca_certs=str(self.tls["ca"]), **kwargs
+        )
+
+
+@pytest.mark.skipif(find_binary("openssl") is None, reason="openssl is needed to make the certificates")
+def test_redis_tls(tmp_path) -> None:
+    tls = make_tls(tmp_path)
+    with TlsRedis(tls) as tls_redis:
+        conf = tmp_path / "tls.conf"
+        conf.write_text(
+            f"[DEFAULT]\ntransport_url = zmq+rediss://127.0.0.1:{tls_redis.port}\n"
+            f"[matchmaker_redis]\nssl_ca_file = {tls['ca']}\n"
+        )
+        settings = load_settings(
+            config_files=[str(conf)], overrides={**FAST, "rpc_zmq_bind_address": "127.0.0.1"}
+        )
+        assert settings.redis_tls
+        from zmqrpc.matchmaker import create_matchmaker
+
+        mm = create_matchmaker(settings)
+        mm.register("svc", "127.0.0.1:1", 30)
+        assert mm.get_hosts("svc") == ["127.0.0.1:1"]
+        mm.close()
+        # Without TLS the same port answers nothing a plain client understands.
+        plain = RedisMatchMaker([("127.0.0.1", tls_redis.port)], socket_timeout=2.0)
+        with pytest.raises(MatchmakerError):
+            plain.get_hosts("svc")
+        plain.close()
+        # A CA that did not sign the server's certificate is refused.
+        (tmp_path / "other").mkdir()
+        other = make_tls(tmp_path / "other")
+        conf.write_text(
+            f"[DEFAULT]\ntransport_url = zmq+rediss://127.0.0.1:{tls_redis.port}\n"
+            f"[matchmaker_redis]\nssl_ca_file = {other['ca']}\n"
+        )
+        wrong = create_matchmaker(load_settings(config_files=[str(conf)]))
+        with pytest.raises(MatchmakerError):
+            wrong.get_hosts("svc")
+        wrong.close()
