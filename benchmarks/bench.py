@@ -85,9 +85,10 @@ class Topology:
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @contextlib.contextmanager
-    def prepare(self, run: BenchRun) -> Iterator[dict[str, Any]]:
-        """Start what the topology needs for one measurement; yield the options clients and servers use."""
-        yield dict(self.options)
+    def prepare(self, run: BenchRun, extra: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Start what the topology needs for one measurement; yield the options clients and servers use
+        (``extra``: the case's own, e.g. CURVE's, which proxies use too)."""
+        yield {**self.options, **extra}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,12 +102,12 @@ class ProxyTopology(Topology):
     publish: bool = False
 
     @contextlib.contextmanager
-    def prepare(self, run: BenchRun) -> Iterator[dict[str, Any]]:
+    def prepare(self, run: BenchRun, extra: dict[str, Any]) -> Iterator[dict[str, Any]]:
         from zmqrpc import protocol
         from zmqrpc.matchmaker import DummyMatchMaker
 
         state_dir = tempfile.mkdtemp(prefix="mm-", dir=run.workdir)
-        options = {**self.options, "rpc_zmq_matchmaker": "dummy", "rpc_zmq_ipc_dir": state_dir}
+        options = {**self.options, **extra, "rpc_zmq_matchmaker": "dummy", "rpc_zmq_ipc_dir": state_dir}
         config = os.path.join(state_dir, "proxy.conf")
         with open(config, "w", encoding="utf-8") as fh:
             fh.write("[DEFAULT]\ntransport_url = zmq://\n[oslo_messaging_zmq]\n")
@@ -165,6 +166,7 @@ class Case:
     serialization: str = "json"  # zmqrpc's rpc_zmq_serialization; the baselines send raw bytes
     fanout_servers: int = 3
     metrics: bool = False  # Prometheus metrics on in the client and servers (metrics_port)
+    security: str = "none"  # zmq_security of every process: none or curve
 
     @property
     def receivers(self) -> int:
@@ -195,6 +197,7 @@ def _record(case: Case, run: BenchRun, raw: Sample, rpc: Sample, nats: Sample | 
         "payload_size": run.payload_size,
         "serialization": case.serialization,
         "metrics": "on" if case.metrics else "off",
+        "security": case.security,
         "matchmaker": "dummy, shared by file" if isinstance(case.topology, ProxyTopology) else run.matchmaker,
         "receivers": case.receivers,
         "duration_s": round(rpc.seconds, 3),
@@ -461,6 +464,26 @@ class BenchRun:
     mp: Any = dataclasses.field(default_factory=lambda: multiprocessing.get_context("spawn"))
     _serial: int = 0
 
+    def security_options(self, security: str) -> dict[str, Any]:
+        """zmq_security's options: with curve, one keypair every process of the run shares (made once).
+        Its name is the one a peer on 127.0.0.1 is checked against without a registered name: the node's."""
+        if security == "none":
+            return {}
+        import zmq.auth
+
+        keys = os.path.join(self.workdir, "keys")
+        allowed = os.path.join(keys, "allowed")
+        if not os.path.isdir(allowed):
+            os.makedirs(allowed)
+            public, secret = zmq.auth.create_certificates(keys, "bench")
+            os.chmod(secret, 0o600)
+            os.replace(public, os.path.join(allowed, "bench.key"))
+        return {
+            "zmq_security": "curve",
+            "zmq_curve_secret_key_file": os.path.join(keys, "bench.key_secret"),
+            "zmq_curve_allowed_keys_dir": allowed,
+        }
+
     def transport(self, topic: str, addresses: list[str]) -> tuple[str, dict[str, Any]]:
         """The transport URL and options that make ``topic`` reach ``addresses``."""
         options: dict[str, Any] = {}
@@ -485,7 +508,8 @@ class BenchRun:
         n = case.receivers
         payload = "x" * self.payload_size
         with_nats = case.pattern == "call" and self.nats_url is not None
-        with case.topology.prepare(self) as topo_options, server_group() as procs:
+        security = self.security_options(case.security)
+        with case.topology.prepare(self, security) as topo_options, server_group() as procs:
             url, options = self.transport(topic, [])  # the ring gets the servers' ports once they bound
             options.update(topo_options, rpc_zmq_serialization=case.serialization)
 
@@ -601,6 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"own figure; the off figures run first, since metrics stay on in this process once on ({multi}; "
         "default off)",
     )
+    parser.add_argument(
+        "--security",
+        action="append",
+        help=f"none, curve: zmq_security of the client, servers and proxies, each measured as its own figure "
+        f"({multi}; default none)",
+    )
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per figure (default 3)")
     parser.add_argument(
         "--warmup",
@@ -644,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
 TABLE = [  # title, record key, format; a line per group of columns
     ("topology", "topology", "{}"), ("pattern", "pattern", "{}"), ("N", "concurrency", "{}"),
     ("mode", "call_mode", "{}"), ("ser", "serialization", "{}"), ("metrics", "metrics", "{}"),
+    ("sec", "security", "{}"),
     *report.FIGURE,
     ("raw msgs/s", "baseline_raw_pyzmq_msgs_per_s", "{:,.0f}"), ("raw p50", "baseline_p50_us", "{:,.0f}"),
     ("/raw", "ratio_to_baseline", "{:.2f}"),
@@ -683,6 +714,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         concurrencies = [int(c) for c in _split(args.concurrency, "1,16")]
         metrics_on = sorted({m == "on" for m in _choices(args.metrics, "off", ("off", "on"), "--metrics")})
+        securities = _choices(args.security, "none", ("none", "curve"), "--security")
     except (argparse.ArgumentTypeError, ValueError) as exc:
         parser.error(str(exc))
     if any(c < 1 for c in concurrencies):
@@ -705,12 +737,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = BenchRun(
             warmup=warmup, workdir=workdir, nats_url=nats_url, **{k: getattr(args, k) for k in shared}
         )
-        for metrics_on_now, topology, pattern, concurrency, serialization in itertools.product(
-            metrics_on, topologies, patterns, concurrencies, serializations
+        for metrics_on_now, topology, pattern, concurrency, serialization, security in itertools.product(
+            metrics_on, topologies, patterns, concurrencies, serializations, securities
         ):
             for mode in call_modes if pattern == "call" else ["threads"]:
                 case = Case(
-                    topology, pattern, concurrency, mode, serialization, args.fanout_servers, metrics_on_now
+                    topology,
+                    pattern,
+                    concurrency,
+                    mode,
+                    serialization,
+                    args.fanout_servers,
+                    metrics_on_now,
+                    security,
                 )
                 try:
                     record = run.measure(case)

@@ -296,9 +296,12 @@ def load_security(zmq_opts: OptionValues) -> CurveSecurity | None:
 
 class Authenticator(zmq.auth.Authenticator):
     """pyzmq's ZAP authenticator for CURVE, answering from :class:`AllowedKeys`, with the key's name as
-    User-Id, refused peers counted and logged once, and a real OS thread of its own (green-safe: it
-    touches only plain sockets). It also watches its context's CURVE server sockets for handshakes that
-    never reach ZAP (a peer without a key), to count those too."""
+    User-Id and refused peers counted and logged once. It runs on a thread of its own: an OS thread in a
+    plain process, a green thread under eventlet, waiting through :func:`zmqrpc.green.poll` (libzmq waits
+    for ZAP replies inside its own I/O thread, so a green handler blocks nothing, and it may take the
+    process's green locks, which an OS thread may not).
+    It also watches its context's CURVE server sockets for handshakes that never reach ZAP (a peer
+    without a key), to count those too."""
 
     def __init__(self, context: zmq.Context, allowed: AllowedKeys) -> None:
         super().__init__(context, log=LOG)
@@ -343,13 +346,18 @@ class Authenticator(zmq.auth.Authenticator):
 
     # -- lifecycle
     def start(self) -> None:
-        super().start()  # binds inproc://zeromq.zap.01 in this context
-        self._pipe = self.context.socket(zmq.PAIR, socket_class=zmq.Socket)
+        # pyzmq's start(), on plain sockets: the thread waits on them through green.poll (the hub under
+        # eventlet; a green socket there would be a second reader of the same descriptor).
+        socket_class = zmq.Socket
+        self.zap_socket = self.context.socket(zmq.REP, socket_class=socket_class)
+        self.zap_socket.linger = 1
+        self.zap_socket.bind("inproc://zeromq.zap.01")
+        self._pipe = self.context.socket(zmq.PAIR, socket_class=socket_class)
         endpoint = f"inproc://zmqrpc-zap-pipe-{id(self)}"
         self._pipe.bind(endpoint)
-        thread_pipe = self.context.socket(zmq.PAIR, socket_class=zmq.Socket)
+        thread_pipe = self.context.socket(zmq.PAIR, socket_class=socket_class)
         thread_pipe.connect(endpoint)
-        self._thread = green.os_thread(lambda: self._run(thread_pipe), "zmqrpc-zap")
+        self._thread = threading.Thread(target=self._run, args=(thread_pipe,), name="zmqrpc-zap", daemon=True)
         self._thread.start()
         self._watchdog = threading.Thread(target=self._watch, name="zmqrpc-zap-watchdog", daemon=True)
         self._watchdog.start()
@@ -400,12 +408,10 @@ class Authenticator(zmq.auth.Authenticator):
                 self.zap_socket = None  # type: ignore[assignment]
 
     def _serve(self, pipe: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(pipe, zmq.POLLIN)
-        poller.register(self.zap_socket, zmq.POLLIN)
-        watched: set[zmq.Socket] = set()
+        watched: list[zmq.Socket] = []
         while True:
-            events = dict(poller.poll(int(RELOAD_INTERVAL * 1000)))
+            items = [(pipe, zmq.POLLIN), (self.zap_socket, zmq.POLLIN), *((m, zmq.POLLIN) for m in watched)]
+            events = dict(green.poll(items, int(RELOAD_INTERVAL * 1000)))
             if pipe in events:
                 command = pipe.recv()
                 if command == b"TERMINATE":
@@ -413,22 +419,18 @@ class Authenticator(zmq.auth.Authenticator):
                 if command == b"DIE":
                     raise RuntimeError("killed by the test hook")
                 with self._monitor_lock:
-                    for monitor, _ in self._monitors:
-                        if monitor not in watched:
-                            watched.add(monitor)
-                            poller.register(monitor, zmq.POLLIN)
+                    watched[:] = [monitor for monitor, _ in self._monitors]
             if self.zap_socket in events:
                 _run_now(self.handle_zap_message(self.zap_socket.recv_multipart()))
             for monitor in [m for m in watched if m in events]:
-                self._on_monitor_event(poller, watched, monitor)
+                self._on_monitor_event(watched, monitor)
             if not events:
                 self.allowed.reload()
 
-    def _on_monitor_event(self, poller: zmq.Poller, watched: set[zmq.Socket], monitor: zmq.Socket) -> None:
+    def _on_monitor_event(self, watched: list[zmq.Socket], monitor: zmq.Socket) -> None:
         event = parse_monitor_message(monitor.recv_multipart())
         if event["event"] == zmq.EVENT_MONITOR_STOPPED:
-            poller.unregister(monitor)
-            watched.discard(monitor)
+            watched.remove(monitor)
             with self._monitor_lock:
                 self._monitors = [(m, label) for m, label in self._monitors if m is not monitor]
             monitor.close(0)
