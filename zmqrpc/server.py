@@ -248,7 +248,8 @@ class _StampingDevice(_Device):
         poller = zmq.Poller()
         for sock in (front, back, control):
             poller.register(sock, zmq.POLLIN)
-        held: list[bytes] | None = None
+        held: list[Any] | None = None
+        # Frames move as zmq.Frame objects (copy=False): passed on without copying their bytes.
         while True:
             poller.modify(front, 0 if held else zmq.POLLIN)
             poller.modify(back, zmq.POLLIN | (zmq.POLLOUT if held else 0))
@@ -260,34 +261,31 @@ class _StampingDevice(_Device):
             if ready & zmq.POLLIN:
                 for _ in range(DEVICE_BATCH):
                     try:
-                        frames = back.recv_multipart(NOBLOCK)
+                        replies = back.recv_multipart(NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     with contextlib.suppress(zmq.ZMQError):  # a caller gone: dropped, as zmq.proxy does
-                        front.send_multipart(frames, NOBLOCK)
+                        front.send_multipart(replies, NOBLOCK, copy=False)
             if held is not None and ready & zmq.POLLOUT:
                 held = self._forward(back, held)
             if held is None and front in events:
                 for _ in range(DEVICE_BATCH):
                     try:
-                        first = front.recv(NOBLOCK, copy=False)
+                        frames = front.recv_multipart(NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     try:
-                        caller = str(first.get("User-Id")).encode()
+                        caller = str(frames[0].get("User-Id")).encode()
                     except zmq.ZMQError:  # inproc (published fanout, rescued requests): no User-Id
                         caller = b""
-                    frames = [caller, first.bytes]
-                    while front.getsockopt(zmq.RCVMORE):
-                        frames.append(front.recv())
-                    held = self._forward(back, frames)
+                    held = self._forward(back, [caller, *frames])
                     if held is not None:
                         break
 
     @staticmethod
-    def _forward(back: zmq.Socket, frames: list[bytes]) -> list[bytes] | None:
+    def _forward(back: zmq.Socket, frames: list[Any]) -> list[Any] | None:
         try:
-            back.send_multipart(frames, NOBLOCK)
+            back.send_multipart(frames, NOBLOCK, copy=False)
         except zmq.Again:
             return frames  # every worker's queue is full: hold it
         return None
