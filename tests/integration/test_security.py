@@ -23,7 +23,7 @@ import zmq.auth
 
 from tests.integration.test_metrics import scrape, value
 from tests.procs import ROOT, ProxyProcess, ServerProcess
-from tests.servers import RedisServer, find_binary, free_port, wait_for
+from tests.servers import RedisServer, SentinelProcess, find_binary, free_port, wait_for
 from zmqrpc import protocol
 from zmqrpc.client import RpcClient
 from zmqrpc.config import load_settings
@@ -330,6 +330,18 @@ def test_curve_through_router_proxies_and_publishers(redis_server, keys, tmp_pat
 # --------------------------------------------------------------------------- the matchmaker locked
 
 
+def acl_args(directory: Path, password: str) -> list[str]:
+    """redis-server arguments: the default user off, ``zmqrpc`` on ``zmqrpc:*`` keys only, and ``admin``."""
+    acl = directory / "users.acl"
+    acl.write_text(
+        "user default off\n"
+        f"user zmqrpc on >{password} ~zmqrpc:* resetchannels -@all +@read +@write +@scripting "
+        "+@connection +ping +info\n"
+        f"user admin on >{password} ~* &* +@all\n"
+    )
+    return ["--aclfile", str(acl)]
+
+
 class AclRedis(RedisServer):
     """redis-server whose default user is off: only ``zmqrpc`` with its password, on ``zmqrpc:*`` keys."""
 
@@ -338,14 +350,7 @@ class AclRedis(RedisServer):
         super().__init__()
 
     def _argv(self) -> list[str]:
-        acl = self.dir / "users.acl"
-        acl.write_text(
-            "user default off\n"
-            f"user zmqrpc on >{self.acl_password} ~zmqrpc:* resetchannels -@all +@read +@write +@scripting "
-            "+@connection +ping +info\n"
-            f"user admin on >{self.acl_password} ~* +@all\n"
-        )
-        return [*super()._argv(), "--aclfile", str(acl)]
+        return [*super()._argv(), *acl_args(self.dir, self.acl_password)]
 
     def client(self, **kwargs: Any) -> redis.Redis:
         kwargs.setdefault("decode_responses", True)
@@ -482,3 +487,110 @@ def test_redis_tls(tmp_path) -> None:
         with pytest.raises(MatchmakerError):
             wrong.get_hosts("svc")
         wrong.close()
+
+
+class LockedRedis(TlsRedis):
+    """redis-server with TLS only and the ACL users of :class:`AclRedis`."""
+
+    def __init__(self, tls: dict[str, Path], password: str) -> None:
+        self.acl_password = password
+        super().__init__(tls)
+
+    def _argv(self) -> list[str]:
+        return [*super()._argv(), *acl_args(self.dir, self.acl_password)]
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        kwargs.setdefault("username", "admin")
+        kwargs.setdefault("password", self.acl_password)
+        return super().client(**kwargs)
+
+
+class LockedSentinel(SentinelProcess):
+    """redis-sentinel speaking TLS only, with a password of its own, logging in to the master as admin."""
+
+    def __init__(self, master: LockedRedis, group: str, password: str) -> None:
+        super().__init__(group, master.address, 1, 1000, 3000)
+        self.tls, self.password = master.tls, password
+        text = self.conf_path.read_text().replace(f"port {self.port}\n", f"port 0\ntls-port {self.port}\n")
+        text += (
+            f"tls-cert-file {self.tls['server']}\ntls-key-file {self.tls['server-key']}\n"
+            f"tls-ca-cert-file {self.tls['ca']}\ntls-auth-clients no\ntls-replication yes\n"
+            f"sentinel auth-user {group} admin\nsentinel auth-pass {group} {master.acl_password}\n"
+            f"requirepass {password}\n"
+        )
+        self.conf_path.write_text(text)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            ssl=True,
+            ssl_ca_certs=str(self.tls["ca"]),
+            socket_timeout=2,
+            decode_responses=True,
+        )
+
+
+@pytest.mark.skipif(find_binary("openssl") is None, reason="openssl is needed to make the certificates")
+def test_sentinel_with_tls_an_acl_user_and_a_sentinel_password(keys, tmp_path) -> None:
+    """A real redis-sentinel and Redis, both TLS only; zmqrpc logs in to Redis as its ACL user and to the
+    Sentinel with the Sentinel's password, and serves and calls over CURVE on top."""
+    tls = make_tls(tmp_path)
+    secret = "acl-and-tls-pass"
+    with LockedRedis(tls, secret) as master:
+        sentinel = LockedSentinel(master, "locked", "sentinel-pass").start()
+        try:
+            url = f"zmq+sentinels://zmqrpc:{secret}@127.0.0.1:{sentinel.port}/locked"
+
+            def conf(name: str, sentinel_password: str) -> Path:
+                path = tmp_path / f"{name}.conf"
+                path.write_text(
+                    f"[DEFAULT]\ntransport_url = {url}\n[matchmaker_redis]\nssl_ca_file = {tls['ca']}\n"
+                    f"sentinel_password = {sentinel_password}\n"
+                )
+                return path
+
+            good = load_settings(config_files=[str(conf("good", "sentinel-pass"))], overrides=FAST)
+            from zmqrpc.matchmaker import create_matchmaker
+
+            mm = create_matchmaker(good)
+            mm.register("probe", "127.0.0.1:1", 30)
+            assert mm.get_hosts("probe") == ["127.0.0.1:1"]
+            mm.close()
+            bad = create_matchmaker(load_settings(config_files=[str(conf("bad", "wrong"))]))
+            with pytest.raises(MatchmakerError):
+                bad.get_hosts("probe")
+            bad.close()
+            # A whole server and client on it, with CURVE: the server reads the same file.
+            cfg_file = conf("server", "sentinel-pass")
+            cfg_file.write_text(
+                cfg_file.read_text()
+                + "[oslo_messaging_zmq]\n"
+                + "".join(f"{k} = {v}\n" for k, v in curve(keys, "node-a").items())
+                + "rpc_zmq_host = node-a\nrpc_zmq_bind_address = 127.0.0.1\n"
+            )
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "zmqrpc.cli", "agent", "--config-file", str(cfg_file)],
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                cwd=ROOT,
+            )
+            try:
+                client_settings = load_settings(
+                    config_files=[str(conf("client", "sentinel-pass"))], overrides=curve(keys, "client-1")
+                )
+                with RpcClient(client_settings) as c:
+                    pong = wait_for(lambda: _ping(c), timeout=20)
+                assert pong, "the agent did not answer over CURVE through the locked Sentinel"
+            finally:
+                agent.terminate()
+                agent.wait(10)
+        finally:
+            sentinel.cleanup()
+
+
+def _ping(c: RpcClient) -> Any:
+    try:
+        return c.call("zmqrpc-agent", "ping", timeout=2, server="node-a")
+    except Exception:
+        return None
