@@ -327,6 +327,50 @@ def test_curve_through_router_proxies_and_publishers(redis_server, keys, tmp_pat
         proxy.stop()
 
 
+def test_curve_through_a_local_publisher(redis_server, keys, tmp_path) -> None:
+    """A node's local publisher runs with the node's own key: the node's server subscribes to it on
+    localhost, and it subscribes to the central publisher with the central proxy's key."""
+    central_extra = "".join(f"{k} = {v}\n" for k, v in curve(keys, "node-b").items() if k.startswith("zmq_"))
+    local_extra = "".join(f"{k} = {v}\n" for k, v in curve(keys, "node-a").items() if k.startswith("zmq_"))
+    central = ProxyProcess(
+        tmp_path, redis_server.url, use_pub_sub=True, publisher_port=0, extra=central_extra
+    )
+    local_port = free_port()
+    local = ProxyProcess(
+        tmp_path,
+        redis_server.url,
+        use_pub_sub=True,
+        local_publisher=True,
+        publisher_port=local_port,
+        extra=local_extra,
+    )
+    topology = {"use_router_proxy": True, "use_pub_sub": True}
+    server = None
+    try:
+        central.start()
+        mm = RedisMatchMaker([redis_server.address])
+        assert wait_for(lambda: mm.get_hosts(protocol.PROXY_PUBLISHERS), timeout=15)
+        local.start()
+        server = serve(
+            redis_server, keys, "node-a", tmp_path, subscribe_on=[f"localhost:{local_port}"], **topology
+        )
+        with client(redis_server, keys, "client-1", **topology) as c:
+            assert wait_for(lambda: c.call("svc", "whoami", timeout=5), timeout=20) == "node-a"
+            for n in range(20):  # until the subscriptions have travelled up both publishers
+                c.fanout("svc", "record", {"tag": f"fanout-{n}"})
+                if wait_for(lambda: ledger(tmp_path, "node-a"), timeout=0.5):
+                    break
+        assert ledger(tmp_path, "node-a"), (
+            "no published fanout reached the server through the local publisher"
+        )
+        mm.close()
+    finally:
+        if server is not None:
+            server.stop()
+        local.stop()
+        central.stop()
+
+
 # --------------------------------------------------------------------------- the matchmaker locked
 
 
