@@ -160,6 +160,11 @@ SERIALIZERS = {
 _SERIALIZER_BY_CODE = {s.code: s for s in SERIALIZERS.values()}
 
 
+def serializer_for_code(code: int) -> Serializer | None:
+    """The serializer a header's serializer byte names (None: unknown)."""
+    return _SERIALIZER_BY_CODE.get(code)
+
+
 def get_serializer(name: str) -> Serializer:
     try:
         return SERIALIZERS[name]

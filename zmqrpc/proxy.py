@@ -16,6 +16,10 @@ Anything else (wrong frame count, empty route, bad header, over ``rpc_zmq_max_me
 counted by reason. Nothing is ever blocked on: a full queue (high-water mark) is a counted drop. The proxy
 keeps no message state, so any proxy may be restarted at any time.
 
+Under ``zmq_security = curve`` with ``zmq_curve_authorization`` rules, the proxy is where the sender's key
+name is known (servers behind it see only the proxy), so it checks the rules on the frontend: a refused
+call is answered with a ``NotAuthorized`` reply, anything else refused is a counted drop.
+
 :class:`LocalPublisher` (``--local-publisher``) subscribes to the central publishers (``subscribe_on``, or
 the addresses registered under :data:`~zmqrpc.protocol.PROXY_PUBLISHERS`) and republishes on a local XPUB;
 the exact subscriptions of its local subscribers are forwarded upstream.
@@ -40,10 +44,11 @@ from zmq.utils.monitor import parse_monitor_message
 
 from zmqrpc import metrics, protocol
 from zmqrpc.address import format_host_port, parse_host_port
-from zmqrpc.errors import BindError, ConfigError, MatchmakerError, ProxyError
+from zmqrpc.errors import BindError, ConfigError, MatchmakerError, NotAuthorized, ProxyError
 from zmqrpc.ioloop import IOLoop
 from zmqrpc.matchmaker import MatchMaker, Registrar, create_matchmaker
 from zmqrpc.periodic import PeriodicTask
+from zmqrpc.protocol import MessageType
 from zmqrpc.security import load_security
 from zmqrpc.sockets import CLOSE_LINGER_MS, NOBLOCK, SocketFactory, sync_connections
 
@@ -301,6 +306,7 @@ class CentralProxy(_Proxy):
         self._published_metric = forwarded.labels("published")
         self.published = 0
         self._publish_refused = 0  # publish requests to a proxy that does not publish
+        self._rules = self._security.rules if self._security is not None and self._security.rules else None
 
     # --- lifecycle ---
     def start(self) -> None:
@@ -400,6 +406,59 @@ class CentralProxy(_Proxy):
             self.drops.drop("empty route", "the route frame is empty", peer)
             return True
         return False
+
+    def _drain(self, sock: zmq.Socket, handle: Callable[[list[bytes]], None], _flags: int = 0) -> None:
+        if self._rules is None or sock is not self._frontend:
+            super()._drain(sock, handle, _flags)
+            return
+        # Authorization: the sender's key name (ZAP User-Id) is a property of what the frontend receives.
+        for _ in range(BATCH):
+            try:
+                received = sock.recv_multipart(NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            frames = [frame.bytes for frame in received]
+            try:
+                caller = str(received[0].get("User-Id"))
+            except zmq.ZMQError:
+                caller = ""
+            if self._invalid(frames, "frontend") or self._refused(caller, frames):
+                continue
+            try:
+                handle(frames)
+            except Exception as exc:  # one bad message must never stop the proxy
+                LOG.exception("zmqrpc %s: unexpected error handling a message", self.kind)
+                self.drops.drop("internal error", f"{type(exc).__name__}: {exc}")
+
+    def _refused(self, caller: str, frames: list[bytes]) -> bool:
+        """Check ``zmq_curve_authorization`` for one frontend message; answer a refused call."""
+        assert self._rules is not None
+        sender, header, route, topic, _ = frames
+        try:
+            kind = MessageType(header[protocol.TYPE_OFFSET])
+        except ValueError:
+            return False  # the server's own validation drops it
+        if kind not in (MessageType.CALL, MessageType.CAST, MessageType.FANOUT, MessageType.NOTIFY):
+            return False
+        why = self._rules.check(caller, topic.decode("utf-8", "replace"), kind.name.lower())
+        if why is None:
+            return False
+        self.drops.drop("not authorized", why, f"frontend peer {_short(sender)}")
+        if kind is MessageType.CALL:
+            serializer = protocol.serializer_for_code(header[protocol.SERIALIZER_OFFSET])
+            if serializer is not None:
+                from zmqrpc.server import describe_failure  # the one way a failure is described
+
+                reply = protocol.encode(
+                    MessageType.REPLY,
+                    "",
+                    {"failure": describe_failure(NotAuthorized(why))},
+                    serializer,
+                    msg_id=header[protocol.MSG_ID_OFFSET :],
+                    route=route,
+                )
+                self._send(self._frontend, [sender, *reply], "reply queue full")  # type: ignore[arg-type]
+        return True
 
     def _from_frontend(self, frames: list[bytes]) -> None:
         if self._invalid(frames, "frontend"):

@@ -327,6 +327,35 @@ def test_curve_through_router_proxies_and_publishers(redis_server, keys, tmp_pat
         proxy.stop()
 
 
+def test_proxies_apply_the_authorization_rules(redis_server, keys, tmp_path) -> None:
+    """Servers behind a proxy see only the proxy: the proxy, which knows the sender, checks the rules."""
+    rules = "client-*:svc:call"
+    extra = "".join(f"{k} = {v}\n" for k, v in curve(keys, "node-b").items() if k.startswith("zmq_"))
+    proxy = ProxyProcess(tmp_path, redis_server.url, extra=extra + f"zmq_curve_authorization = {rules}\n")
+    topology = {"use_router_proxy": True}
+    server = None
+    try:
+        proxy.start()
+        mm = RedisMatchMaker([redis_server.address])
+        assert wait_for(lambda: mm.get_hosts(protocol.PROXY_BACKENDS), timeout=15)
+        mm.close()
+        server = serve(redis_server, keys, "node-a", tmp_path, **topology)
+        with client(redis_server, keys, "client-1", **topology) as c:
+            assert wait_for(lambda: c.call("svc", "whoami", timeout=5), timeout=20) == "node-a"
+            assert c.call("svc", "caller", timeout=5) is None  # through a proxy: the proxy's word only
+            c.cast("svc", "record", {"tag": "refused-cast"})
+            with pytest.raises(RemoteError) as refused:
+                c.call("svc", "whoami", timeout=5, server="node-a")
+            assert refused.value.exc_type == "zmqrpc.errors.NotAuthorized"
+            assert rules in refused.value.message
+            assert c.call("svc", "whoami", timeout=5) == "node-a"  # after the cast, on the same path
+        assert ledger(tmp_path, "node-a") == []
+    finally:
+        if server is not None:
+            server.stop()
+        proxy.stop()
+
+
 def test_curve_through_a_local_publisher(redis_server, keys, tmp_path) -> None:
     """A node's local publisher runs with the node's own key: the node's server subscribes to it on
     localhost, and it subscribes to the central publisher with the central proxy's key."""
