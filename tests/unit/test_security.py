@@ -1,0 +1,103 @@
+"""zmqrpc.security without sockets: key files, allowed keys, peer keys, authorization rules, options."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import zmq.auth
+
+from zmqrpc.config import load_settings
+from zmqrpc.errors import ConfigError
+from zmqrpc.security import AllowedKeys, CurveSecurity, UntrustedPeer, load_keypair, parse_rules
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    (tmp_path / "allowed").mkdir()
+    for name in ("host-1", "host-2"):
+        public, secret = zmq.auth.create_certificates(str(tmp_path), name)
+        os.chmod(secret, 0o600)
+        shutil.move(public, tmp_path / "allowed" / f"{name}.key")
+    return tmp_path
+
+
+def test_a_keypair_is_named_after_its_file(keys: Path) -> None:
+    pair = load_keypair(keys / "host-1.key_secret")
+    assert pair.name == "host-1"
+    assert len(pair.public) == len(pair.secret) == 40
+    assert pair.secret.decode() not in repr(pair)  # the secret is never shown
+
+
+def test_a_public_certificate_is_not_a_keypair(keys: Path) -> None:
+    os.chmod(keys / "allowed" / "host-1.key", 0o600)
+    with pytest.raises(ConfigError, match="holds no secret-key"):
+        load_keypair(keys / "allowed" / "host-1.key")
+
+
+def test_allowed_keys_by_name_and_reload(keys: Path) -> None:
+    allowed = AllowedKeys(keys / "allowed")
+    assert set(allowed.by_name) == {"host-1", "host-2"}
+    assert allowed.reload() is False
+    public, _ = zmq.auth.create_certificates(str(keys), "host-3")
+    shutil.move(public, keys / "allowed" / "host-3.key")
+    assert allowed.reload() is True
+    assert allowed.by_key[allowed.by_name["host-3"]] == "host-3"
+    (keys / "allowed" / "broken.key").write_text("garbage")
+    assert allowed.reload() is False  # a bad file later is logged; the last good set stays
+    assert "host-3" in allowed.by_name
+
+
+def test_a_peer_key_comes_from_the_registered_name_then_the_host(keys: Path) -> None:
+    own = load_keypair(keys / "host-1.key_secret")
+    security = CurveSecurity(own, AllowedKeys(keys / "allowed"), parse_rules([]))
+    allowed = security.allowed.by_name
+    assert security.key_for("host-2:5000") == allowed["host-2"]
+    assert security.key_for("localhost:60001") == allowed["host-1"]  # this node: its own key
+    security.names = lambda address: ["host-2"] if address == "10.0.0.9:5000" else []
+    assert security.key_for("10.0.0.9:5000") == allowed["host-2"]
+    with pytest.raises(UntrustedPeer, match=r"10\.0\.0\.8:5000"):
+        security.key_for("10.0.0.8:5000")
+
+
+def test_rules() -> None:
+    rules = parse_rules(["controller-*:*", "compute-*:conductor:call+cast", "compute-*:compute.{key}"])
+    assert rules.check("controller-1", "compute.compute-9", "call") is None
+    assert rules.check("compute-1", "conductor", "cast") is None
+    assert rules.check("compute-1", "compute.compute-1", "call") is None
+    refused = rules.check("compute-1", "compute.compute-2", "call")
+    assert refused and "compute-*:compute.{key}" in refused
+    assert rules.check("compute-1", "conductor", "fanout")
+    assert rules.check("stranger", "conductor", "call")
+    # {key} is matched literally: a key name with glob characters cannot widen its own rule.
+    assert parse_rules(["*:t.{key}"]).check("a*", "t.ab", "call")
+    assert not parse_rules([]), "no rules: everything allowed"
+    assert parse_rules([]).check("anyone", "anything", "call") is None
+
+
+@pytest.mark.parametrize("rule", ["nocolon", ":topic", "key:", "k:t:call+launch", "a:b:c:d"])
+def test_a_malformed_rule_is_named(rule: str) -> None:
+    with pytest.raises(ConfigError, match="zmq_curve_authorization"):
+        load_settings(overrides={"zmq_curve_authorization": [rule]})
+
+
+def test_curve_needs_both_files() -> None:
+    with pytest.raises(ConfigError, match="zmq_curve_secret_key_file"):
+        load_settings(overrides={"zmq_security": "curve"})
+    with pytest.raises(ConfigError, match="zmq_security"):
+        load_settings(overrides={"zmq_security": "tls"})
+
+
+def test_redis_tls_and_acl_settings(tmp_path: Path) -> None:
+    assert not load_settings(url="zmq+redis://h:6379").redis_tls
+    assert load_settings(url="zmq+rediss://h:6379").redis_tls
+    assert load_settings(url="zmq+sentinels://h:26379/g").matchmaker == "sentinel"
+    conf = tmp_path / "z.conf"
+    conf.write_text("[DEFAULT]\ntransport_url = zmq+redis://h:6379\n[matchmaker_redis]\nusername = zmqrpc\n")
+    settings = load_settings(config_files=[str(conf)])
+    assert settings.redis_username == "zmqrpc"
+    conf.write_text("[matchmaker_redis]\nssl_ca_file = /no/such/ca.pem\n")
+    with pytest.raises(ConfigError, match="ssl_ca_file"):
+        load_settings(config_files=[str(conf)])
