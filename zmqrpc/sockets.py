@@ -64,8 +64,6 @@ class SocketFactory:
         self.opts = zmq_opts
         self.context = context or zmq.Context.instance()
         self.security = security
-        # The authenticator must answer before the first CURVE socket binds (else no peer gets in).
-        self._auth = authenticator_for(self.context, security) if security is not None else None
 
     def _linger_ms(self, dynamic: bool) -> int:
         linger = self.opts.zmq_linger
@@ -98,13 +96,16 @@ class SocketFactory:
 
     def _serve(self, sock: zmq.Socket, endpoint: str) -> None:
         """Make a socket about to bind a CURVE server whose peers ZAP must accept."""
-        if self.security is None or self._auth is None:
+        if self.security is None:
             return
+        # The context's authenticator starts now, before the first bind (a process that only connects,
+        # a pure client, needs none).
+        auth = authenticator_for(self.context, self.security)
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
         # Without a ZAP handler libzmq would accept anyone; enforced, it refuses everyone instead.
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
-        self._auth.watch(sock, endpoint)
+        auth.watch(sock, endpoint)
 
     def connect(self, sock: zmq.Socket, address: str) -> None:
         """Connect to ``host:port``; under CURVE, expecting the peer's allowed key (raises UntrustedPeer
