@@ -87,6 +87,10 @@ ONEWAY_HOLD_DOWN = 10.0
 # Under CURVE, the key names servers registered are asked of the matchmaker at most this often when an
 # address has none yet (a server newer than the cache).
 KEY_NAMES_REFRESH = 1.0
+# A server address found to have an allowed key is checked again after this long (keys may be rotated out).
+TRUST_TTL = 10.0
+KEY_NAMES_PARSE = 0.5
+MAX_TRUST_CACHE = 100_000
 
 
 @dataclass
@@ -152,6 +156,8 @@ class RpcClient:
         if self._security is not None:
             self._security.names = self._key_names
         self._key_names_asked = 0.0
+        self._parsed_names: tuple[float, dict[str, list[str]]] = (-KEY_NAMES_PARSE, {})
+        self._trust_checked: dict[str, float] = {}  # address -> when its key was last found allowed
         self._sockets = SocketFactory(opts, context, self._security)
         self._pending: dict[bytes, Future] = {}
         self._tracking: dict[bytes, _Outgoing] = {}  # calls and acked messages, until reply/ack (I/O thread)
@@ -443,29 +449,43 @@ class RpcClient:
         return hosts
 
     def _key_names(self, address: str) -> list[str]:
-        """The key names registered for ``address`` (cached; never a matchmaker round trip)."""
-        return protocol.key_names(self.routes.lookup_cached(protocol.KEY_NAMES)).get(address, [])
+        """The key names registered for ``address`` (cached; never a matchmaker round trip). The parsed
+        list is kept for KEY_NAMES_PARSE seconds: it holds an entry per server of the bus."""
+        now = time.monotonic()
+        parsed_at, names = self._parsed_names
+        if now - parsed_at > KEY_NAMES_PARSE:
+            names = protocol.key_names(self.routes.lookup_cached(protocol.KEY_NAMES))
+            self._parsed_names = (now, names)
+        return names.get(address, [])
 
     def _trusted(self, hosts: list[str]) -> list[str]:
         """``hosts`` less those with no allowed key (held down and counted). Caller threads only: a host
-        with no registered key name yet makes it ask the matchmaker again (at most every second)."""
+        with no registered key name yet makes it ask the matchmaker again (at most every second). A host
+        found trusted is not checked again for TRUST_TTL seconds (the check parses every key name)."""
         assert self._security is not None
-        names = protocol.key_names(self.routes.lookup_cached(protocol.KEY_NAMES))
         now = time.monotonic()
-        if any(h not in names for h in hosts) and now - self._key_names_asked > KEY_NAMES_REFRESH:
+        checked = self._trust_checked
+        unknown = [h for h in hosts if now - checked.get(h, -TRUST_TTL) >= TRUST_TTL]
+        if not unknown:
+            return hosts
+        if any(not self._key_names(h) for h in unknown) and now - self._key_names_asked > KEY_NAMES_REFRESH:
             self._key_names_asked = now
             self.routes.invalidate(protocol.KEY_NAMES)
             with contextlib.suppress(MatchmakerError):
                 self.routes.lookup(protocol.KEY_NAMES)
-        trusted = []
-        for host in hosts:
+            self._parsed_names = (-KEY_NAMES_PARSE, {})  # parse the fresh list
+        untrusted = set()
+        for host in unknown:
             try:
                 self._security.key_for(host)
             except UntrustedPeer as exc:
                 self._untrusted(host, exc)
+                untrusted.add(host)
                 continue
-            trusted.append(host)
-        return trusted
+            checked[host] = now
+        if len(checked) > MAX_TRUST_CACHE:
+            checked.clear()  # bounded: addresses come and go; they are simply checked again
+        return [h for h in hosts if h not in untrusted]
 
     def _untrusted(self, address: str, exc: UntrustedPeer) -> None:
         self.routes.forget_address(address)
