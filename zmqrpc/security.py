@@ -145,6 +145,7 @@ class AllowedKeys:
         self.directory = Path(directory)
         self._option = option
         self._stamp: tuple[float, ...] = ()
+        self._checked = 0.0  # monotonic time of the last look at the directory
         self.by_name: dict[str, bytes] = {}
         self.by_key: dict[bytes, str] = {}
         self.reload(strict=True)
@@ -152,6 +153,14 @@ class AllowedKeys:
     def _signature(self) -> tuple[float, ...]:
         files = sorted(self.directory.glob("*.key"))
         return (self.directory.stat().st_mtime, *(f.stat().st_mtime for f in files), len(files))
+
+    def maybe_reload(self) -> bool:
+        """:meth:`reload` at most every RELOAD_INTERVAL seconds (cheap enough to call before each use)."""
+        now = time.monotonic()
+        if now - self._checked < RELOAD_INTERVAL:
+            return False
+        self._checked = now
+        return self.reload()
 
     def reload(self, strict: bool = False) -> bool:
         """Read the directory again; True if it changed. ``strict`` (at start) raises ConfigError on any bad
@@ -269,6 +278,7 @@ class CurveSecurity:
         if host in LOCAL_HOSTS:
             candidates.append(self.own.name)
         candidates.append(host)
+        self.allowed.maybe_reload()  # a rotation may have added the peer's new key
         by_name = self.allowed.by_name
         for name in candidates:
             key = by_name.get(name)
@@ -284,11 +294,21 @@ def load_security(zmq_opts: OptionValues) -> CurveSecurity | None:
     """The process's CURVE material from ``[oslo_messaging_zmq]``, checked; None when zmq_security = none."""
     if zmq_opts.zmq_security != "curve":
         return None
+    directory = str(zmq_opts.zmq_curve_allowed_keys_dir)
+    with _LOCK:  # one AllowedKeys per directory and process: what one reloads, all see
+        allowed = _ALLOWED.get(directory)
+        if allowed is None:
+            allowed = _ALLOWED[directory] = AllowedKeys(directory)
+        else:
+            allowed.reload(strict=True)
     return CurveSecurity(
         load_keypair(zmq_opts.zmq_curve_secret_key_file),
-        AllowedKeys(zmq_opts.zmq_curve_allowed_keys_dir),
+        allowed,
         parse_rules(zmq_opts.zmq_curve_authorization),
     )
+
+
+_ALLOWED: dict[str, AllowedKeys] = {}
 
 
 # --------------------------------------------------------------------------- the ZAP handler
@@ -425,7 +445,7 @@ class Authenticator(zmq.auth.Authenticator):
             for monitor in [m for m in watched if m in events]:
                 self._on_monitor_event(watched, monitor)
             if not events:
-                self.allowed.reload()
+                self.allowed.maybe_reload()
 
     def _on_monitor_event(self, watched: list[zmq.Socket], monitor: zmq.Socket) -> None:
         event = parse_monitor_message(monitor.recv_multipart())

@@ -101,3 +101,18 @@ def test_redis_tls_and_acl_settings(tmp_path: Path) -> None:
     conf.write_text("[matchmaker_redis]\nssl_ca_file = /no/such/ca.pem\n")
     with pytest.raises(ConfigError, match="ssl_ca_file"):
         load_settings(config_files=[str(conf)])
+
+
+def test_a_client_sees_a_rotated_in_key(keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rotation adds the new keys first: a client (no authenticator thread) must find them by itself."""
+    from zmqrpc import security
+
+    monkeypatch.setattr(security, "RELOAD_INTERVAL", 0.0)
+    curve = CurveSecurity(
+        load_keypair(keys / "host-1.key_secret"), AllowedKeys(keys / "allowed"), parse_rules([])
+    )
+    with pytest.raises(UntrustedPeer):
+        curve.key_for("host-9:5000")
+    public, _ = zmq.auth.create_certificates(str(keys), "host-9")
+    shutil.move(public, keys / "allowed" / "host-9.key")
+    assert curve.key_for("host-9:5000") == curve.allowed.by_name["host-9"]
