@@ -156,7 +156,7 @@ class RpcClient:
         if self._security is not None:
             self._security.names = self._key_names
         self._key_names_asked = 0.0
-        self._parsed_names: tuple[float, dict[str, list[str]]] = (-KEY_NAMES_PARSE, {})
+        self._parsed_names: tuple[float, dict[str, list[tuple[str, str]]]] = (-KEY_NAMES_PARSE, {})
         self._trust_checked: dict[str, float] = {}  # address -> when its key was last found allowed
         self._sockets = SocketFactory(opts, context, self._security)
         self._pending: dict[bytes, Future] = {}
@@ -448,7 +448,7 @@ class RpcClient:
             LOG.warning("no server registered for topic %r: message not sent", topic)
         return hosts
 
-    def _key_names(self, address: str) -> list[str]:
+    def _key_names(self, address: str) -> list[tuple[str, str]]:
         """The key names registered for ``address`` (cached; never a matchmaker round trip). The parsed
         list is kept for KEY_NAMES_PARSE seconds: it holds an entry per server of the bus."""
         now = time.monotonic()

@@ -194,18 +194,20 @@ PUBLISH = b"\x00"
 PROXY_FRONTENDS = "zmqrpc-proxy.frontend"
 PROXY_BACKENDS = "zmqrpc-proxy.backend"
 PROXY_PUBLISHERS = "zmqrpc-proxy.publisher"
-# Under zmq_security = curve, servers and proxies register "address|key name" here: which allowed key a
-# client must find at that address (zmqrpc.security).
+# Under zmq_security = curve, servers and proxies register "address|key name|public key" here: which key a
+# client must find at that address, if its own allowed-keys directory allows it for that name
+# (zmqrpc.security).
 KEY_NAMES = "zmqrpc-keys"
 
 
-def key_names(members: list[str]) -> dict[str, list[str]]:
-    """``address|name`` members of KEY_NAMES as address -> names."""
-    names: dict[str, list[str]] = {}
+def key_names(members: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """``address|name|public key`` members of KEY_NAMES as address -> [(name, z85 public key or "")]."""
+    names: dict[str, list[tuple[str, str]]] = {}
     for member in members:
-        address, sep, name = member.rpartition("|")
-        if sep and name:
-            names.setdefault(address, []).append(name)
+        address, _, rest = member.partition("|")
+        name, _, key = rest.partition("|")
+        if address and name:
+            names.setdefault(address, []).append((name, key))
     return names
 
 

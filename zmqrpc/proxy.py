@@ -338,7 +338,8 @@ class CentralProxy(_Proxy):
             LOG.info("registered %s under %s (expire %ss)", address, topic, zmq_opts.zmq_target_expire)
             if self._security is not None:
                 # Which allowed key clients and servers must find at this address.
-                self._registrar.add(protocol.KEY_NAMES, f"{address}|{self._security.own.name}")
+                own = self._security.own
+                self._registrar.add(protocol.KEY_NAMES, f"{address}|{own.name}|{own.public.decode()}")
 
     def registrations(self) -> list[tuple[str, str]]:
         """(matchmaker topic, host:port) pairs this proxy announces."""

@@ -6,7 +6,8 @@ With ``[oslo_messaging_zmq] zmq_security = curve`` every zmqrpc socket speaks CU
 * **Key files** are ``zmq.auth.create_certificates`` certificates. The node's own is
   ``zmq_curve_secret_key_file`` (``<name>.key_secret``, mode 0600); the peers allowed to connect are the
   ``<name>.key`` files of ``zmq_curve_allowed_keys_dir``. A key's *name* is its file stem, normally the
-  host name. A bad file is a :class:`~zmqrpc.errors.ConfigError` naming it (the CLI exits 2).
+  host name, up to a ``+``: ``host-1+2027.key`` is a second key of ``host-1`` (a rotation holds both for a
+  while). A bad file is a :class:`~zmqrpc.errors.ConfigError` naming it (the CLI exits 2).
 * **Authentication** is pyzmq's ``zmq.auth`` ZAP handler, one per context, on a real OS thread, started
   before the first bind. Its User-Id is the key's name. Every CURVE server socket sets a ZAP domain with
   ZMQ_ZAP_ENFORCE_DOMAIN, so libzmq refuses every peer while no handler answers (no fail-open), and a
@@ -14,8 +15,9 @@ With ``[oslo_messaging_zmq] zmq_security = curve`` every zmqrpc socket speaks CU
   (``zmqrpc_auth_failures_total``) and logged once per address; it never reaches application code.
 * **Peer keys**: a client takes a server's or proxy's public key from its *own* allowed-keys directory, by
   the key name the peer registered beside its address (topic :data:`~zmqrpc.protocol.KEY_NAMES`, members
-  ``address|name``), else by the address's host. The matchmaker only says which name to check; an
-  address whose name has no allowed key gets no connection (:class:`UntrustedPeer`).
+  ``address|name|public key``), else by the address's host. The matchmaker only says which of the allowed
+  keys to expect (the one in use during a rotation); a registered key that the directory does not allow
+  for that name is ignored, and an address with no allowed key gets no connection (:class:`UntrustedPeer`).
 * **Authorization**: ``zmq_curve_authorization`` rules say which key names may send which message types
   to which topics (:class:`Rules`); the server checks them before dispatch.
 """
@@ -94,7 +96,7 @@ class Keypair:
 
 
 def _key_name(path: Path) -> str:
-    return path.name.removesuffix(".key_secret").removesuffix(".key")
+    return path.name.removesuffix(".key_secret").removesuffix(".key").partition("+")[0]
 
 
 def _read_certificate(path: Path, option: str) -> tuple[bytes, bytes | None]:
@@ -146,7 +148,7 @@ class AllowedKeys:
         self._option = option
         self._stamp: tuple[float, ...] = ()
         self._checked = 0.0  # monotonic time of the last look at the directory
-        self.by_name: dict[str, bytes] = {}
+        self.by_name: dict[str, tuple[bytes, ...]] = {}  # a name's keys, the newest file last
         self.by_key: dict[bytes, str] = {}
         self.reload(strict=True)
 
@@ -171,10 +173,10 @@ class AllowedKeys:
             stamp = self._signature()
             if stamp == self._stamp:
                 return False
-            by_name: dict[str, bytes] = {}
-            for file in sorted(self.directory.glob("*.key")):
+            by_name: dict[str, tuple[bytes, ...]] = {}
+            for file in sorted(self.directory.glob("*.key"), key=lambda f: (f.stat().st_mtime, f.name)):
                 public, _ = _read_certificate(file, self._option)
-                by_name[_key_name(file)] = public
+                by_name[_key_name(file)] = (*by_name.get(_key_name(file), ()), public)
             if not by_name:
                 raise ConfigError(
                     f"{self._option}: {self.directory} holds no <name>.key public certificates, so no peer "
@@ -188,7 +190,7 @@ class AllowedKeys:
             LOG.error("allowed keys not reloaded, the previous %d stay: %s", len(self.by_name), exc)
             return False
         # Swapped whole: readers on other threads see the old or the new set, never half of one.
-        self.by_key = {key: name for name, key in by_name.items()}
+        self.by_key = {key: name for name, keys in by_name.items() for key in keys}
         self.by_name = by_name
         if self._stamp:
             LOG.info("allowed keys reloaded from %s: %s", self.directory, ", ".join(sorted(by_name)))
@@ -269,24 +271,34 @@ class CurveSecurity:
         self.own = own
         self.allowed = allowed
         self.rules = rules
-        self.names: Callable[[str], list[str]] = lambda address: []
+        # (name, z85 public key or "") the matchmaker says an address has (set by clients and servers).
+        self.names: Callable[[str], list[tuple[str, str]]] = lambda address: []
 
     def key_for(self, address: str) -> bytes:
-        """The public key a connection to ``address`` (``host:port``) must find at the other end."""
+        """The public key a connection to ``address`` (``host:port``) must find at the other end: one that
+        the allowed-keys directory holds for the name registered there (the registered key if allowed,
+        else the name's newest), else for this node (a local address) or the address's host."""
         host = address.rpartition(":")[0].strip("[]")
         candidates = list(self.names(address))
         if host in LOCAL_HOSTS:
-            candidates.append(self.own.name)
-        candidates.append(host)
+            candidates.append((self.own.name, self.own.public.decode()))
+        candidates.append((host, ""))
         self.allowed.maybe_reload()  # a rotation may have added the peer's new key
         by_name = self.allowed.by_name
-        for name in candidates:
-            key = by_name.get(name)
-            if key is not None:
-                return key
+        for name, registered in candidates:
+            keys = by_name.get(name, ())
+            if registered:
+                if registered.encode() in keys:
+                    return registered.encode()
+            elif keys:
+                return keys[-1]
+        for name, _ in candidates:  # a registered key not allowed: the name's newest allowed one
+            if by_name.get(name):
+                return by_name[name][-1]
+        tried = ", ".join(dict.fromkeys(name for name, _ in candidates))
         raise UntrustedPeer(
-            f"no allowed key for {address}: none of {', '.join(dict.fromkeys(candidates))} has a "
-            f"<name>.key in {self.allowed.directory} (zmq_curve_allowed_keys_dir)"
+            f"no allowed key for {address}: none of {tried} has a <name>.key in {self.allowed.directory} "
+            "(zmq_curve_allowed_keys_dir)"
         )
 
 

@@ -458,7 +458,8 @@ class RpcServer:
             self._registrar.add(topic, self.address)
         if self._security is not None and not self._via_proxy:
             # Which allowed key clients must find here (they check it in their own allowed-keys dir).
-            self._registrar.add(protocol.KEY_NAMES, f"{self.address}|{self._security.own.name}")
+            own = self._security.own
+            self._registrar.add(protocol.KEY_NAMES, f"{self.address}|{own.name}|{own.public.decode()}")
         if self._pub_sub:
             for topic in self.topics:
                 self._registrar.add(protocol.subscribers_topic(topic), self.address)

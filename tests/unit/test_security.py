@@ -44,7 +44,7 @@ def test_allowed_keys_by_name_and_reload(keys: Path) -> None:
     public, _ = zmq.auth.create_certificates(str(keys), "host-3")
     shutil.move(public, keys / "allowed" / "host-3.key")
     assert allowed.reload() is True
-    assert allowed.by_key[allowed.by_name["host-3"]] == "host-3"
+    assert allowed.by_key[allowed.by_name["host-3"][0]] == "host-3"
     (keys / "allowed" / "broken.key").write_text("garbage")
     assert allowed.reload() is False  # a bad file later is logged; the last good set stays
     assert "host-3" in allowed.by_name
@@ -54,10 +54,10 @@ def test_a_peer_key_comes_from_the_registered_name_then_the_host(keys: Path) -> 
     own = load_keypair(keys / "host-1.key_secret")
     security = CurveSecurity(own, AllowedKeys(keys / "allowed"), parse_rules([]))
     allowed = security.allowed.by_name
-    assert security.key_for("host-2:5000") == allowed["host-2"]
-    assert security.key_for("localhost:60001") == allowed["host-1"]  # this node: its own key
-    security.names = lambda address: ["host-2"] if address == "10.0.0.9:5000" else []
-    assert security.key_for("10.0.0.9:5000") == allowed["host-2"]
+    assert security.key_for("host-2:5000") == allowed["host-2"][0]
+    assert security.key_for("localhost:60001") == own.public  # this node: its own key
+    security.names = lambda address: [("host-2", "")] if address == "10.0.0.9:5000" else []
+    assert security.key_for("10.0.0.9:5000") == allowed["host-2"][0]
     with pytest.raises(UntrustedPeer, match=r"10\.0\.0\.8:5000"):
         security.key_for("10.0.0.8:5000")
 
@@ -115,4 +115,22 @@ def test_a_client_sees_a_rotated_in_key(keys: Path, monkeypatch: pytest.MonkeyPa
         curve.key_for("host-9:5000")
     public, _ = zmq.auth.create_certificates(str(keys), "host-9")
     shutil.move(public, keys / "allowed" / "host-9.key")
-    assert curve.key_for("host-9:5000") == curve.allowed.by_name["host-9"]
+    assert curve.key_for("host-9:5000") == curve.allowed.by_name["host-9"][0]
+
+
+def test_two_keys_of_one_name_during_a_rotation(keys: Path) -> None:
+    """``host-2+next.key`` is a second key of host-2: both authenticate as host-2, and a client expects the
+    one host-2 registered (if its own directory allows it for host-2)."""
+    old = zmq.auth.load_certificate(keys / "allowed" / "host-2.key")[0]
+    public, _ = zmq.auth.create_certificates(str(keys), "host-2+next")
+    shutil.move(public, keys / "allowed" / "host-2+next.key")
+    new = zmq.auth.load_certificate(keys / "allowed" / "host-2+next.key")[0]
+    own = load_keypair(keys / "host-1.key_secret")
+    security = CurveSecurity(own, AllowedKeys(keys / "allowed"), parse_rules([]))
+    assert security.allowed.by_key[old] == security.allowed.by_key[new] == "host-2"
+    for registered in (old, new):
+        security.names = lambda address, key=registered: [("host-2", key.decode())]
+        assert security.key_for("10.0.0.2:5000") == registered
+    stranger = zmq.auth.load_certificate(keys / "host-1.key_secret")[0]  # allowed, but as host-1
+    security.names = lambda address: [("host-2", stranger.decode())]
+    assert security.key_for("10.0.0.2:5000") in (old, new)  # host-2's, never the claimed one
