@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -354,6 +355,60 @@ def test_proxies_apply_the_authorization_rules(redis_server, keys, tmp_path) -> 
         if server is not None:
             server.stop()
         proxy.stop()
+
+
+def test_a_key_rotation_under_calls_loses_none(redis_server, keys, tmp_path) -> None:
+    """Two phases, as the deployment rotates: add the new key everywhere, restart the server on it, drop the
+    old key. A client calling all along loses no call (acks resend what a stopping server did not take)."""
+    allowed = tmp_path / "allowed"
+    shutil.copytree(keys / "allowed", allowed)
+    rotated = tmp_path / "rotated"
+    rotated.mkdir()
+    public, secret = zmq.auth.create_certificates(str(rotated), "node-a+next")
+    os.chmod(secret, 0o600)
+    acks = {"rpc_use_acks": True, "rpc_ack_timeout_base": 1.0, "zmq_curve_allowed_keys_dir": str(allowed)}
+    old = serve(redis_server, keys, "node-a", tmp_path, **acks)
+    new = None
+    answers: list[object] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def keep_calling() -> None:
+        with client(redis_server, keys, "client-1", **acks) as c:
+            while not stop.is_set():
+                try:
+                    answers.append(c.call("svc", "caller", timeout=15))
+                except Exception as exc:  # counted: the test fails on any
+                    errors.append(exc)
+
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    try:
+        assert wait_for(lambda: len(answers) > 20, timeout=20)
+        shutil.copy(public, allowed / "node-a+next.key")  # phase 1: the new key is allowed everywhere
+        time.sleep(1.5)
+        overrides = curve(keys, "node-a", zmq_curve_secret_key_file=secret, **acks)
+        new = ServerProcess(
+            redis_server.url,
+            ["svc"],
+            "node-a",
+            ledger=str(tmp_path / "new.ledger"),
+            rpc_zmq_host="node-a",
+            rpc_zmq_bind_address="127.0.0.1",
+            **overrides,
+        ).start()
+        old.stop()  # the service restarted on its new key
+        count = len(answers)
+        (allowed / "node-a.key").unlink()  # phase 2: the old key goes
+        assert wait_for(lambda: len(answers) > count + 50, timeout=30)
+    finally:
+        stop.set()
+        caller.join(30)
+        old.stop()
+        if new is not None:
+            new.stop()
+    assert errors == []
+    assert set(answers) == {"client-1"}
 
 
 def test_curve_through_a_local_publisher(redis_server, keys, tmp_path) -> None:
