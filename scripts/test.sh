@@ -44,7 +44,8 @@ if [ "$mode" != molecule ]; then
     stage "integration and oslo tests, eventlet-patched"
     ZMQRPC_TEST_EVENTLET=1 .venv/bin/pytest -q -p no:cacheprovider -W ignore::DeprecationWarning \
         tests/integration/test_direct.py tests/integration/test_proxy_topologies.py \
-        tests/integration/test_failures.py tests/integration/test_reliability.py tests/oslo/test_topologies.py
+        tests/integration/test_failures.py tests/integration/test_reliability.py tests/oslo/test_topologies.py \
+        tests/integration/test_security.py tests/oslo/test_security.py
 
     stage "oslo.messaging's functional suite, every topology"
     scripts/oslo-functional.sh
