@@ -676,7 +676,14 @@ class RpcServer:
             self.drops.drop("unexpected type", f"{env.type.name} on the subscriber socket", source)
             return
         self._received_metric[env.type].inc()
-        if caller is not None and self._rules and self._refused(worker, prefix, env, caller, source):
+        # Rules apply to direct requests (published fanout came through an authenticated publisher); one
+        # without a caller is refused, never let through (fail closed).
+        if (
+            self._stamped
+            and self._rules
+            and prefix is not None
+            and self._refused(worker, prefix, env, caller, source)
+        ):
             return
         acked = env.wants_ack and prefix is not None
         calls = env.type is MessageType.CALL and prefix is not None
@@ -725,12 +732,15 @@ class RpcServer:
         self._metrics.sent_by_type["reply"].inc()
 
     def _refused(
-        self, worker: _Worker, prefix: bytes | None, env: Envelope, caller: str, source: str
+        self, worker: _Worker, prefix: bytes | None, env: Envelope, caller: str | None, source: str
     ) -> bool:
         """Check the authorization rules; a refused call gets an error reply naming why, a refused one-way
         message is a counted drop (acked if asked: sending it again would not help)."""
         assert self._rules is not None
-        why = self._rules.check(caller, env.topic, env.type.name.lower())
+        if caller is None:
+            why: str | None = f"{env.type.name.lower()} to topic {env.topic!r} came without a caller key name"
+        else:
+            why = self._rules.check(caller, env.topic, env.type.name.lower())
         if why is None:
             return False
         self.drops.drop("not authorized", why, source)
