@@ -134,3 +134,49 @@ def test_two_keys_of_one_name_during_a_rotation(keys: Path) -> None:
     stranger = zmq.auth.load_certificate(keys / "host-1.key_secret")[0]  # allowed, but as host-1
     security.names = lambda address: [("host-2", stranger.decode())]
     assert security.key_for("10.0.0.2:5000") in (old, new)  # host-2's, never the claimed one
+
+
+def test_the_user_id_does_not_survive_a_device_hop(keys: Path) -> None:
+    """Why a direct CURVE server stamps the caller itself: libzmq clears a message's properties when a
+    socket sends it, so behind zmq.proxy (or any forwarding) a worker cannot read the ZAP User-Id."""
+    from zmqrpc.config import load_settings
+    from zmqrpc.security import load_security
+    from zmqrpc.sockets import SocketFactory
+
+    settings = load_settings(
+        overrides={
+            "zmq_security": "curve",
+            "zmq_curve_secret_key_file": str(keys / "host-1.key_secret"),
+            "zmq_curve_allowed_keys_dir": str(keys / "allowed"),
+        }
+    )
+    context = zmq.Context()
+    try:
+        factory = SocketFactory(settings.zmq, context, load_security(settings.zmq))
+        front = factory.router(mandatory=False)
+        port = factory.bind_port(front, "127.0.0.1", 0)
+        hop_in, hop_out = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+        hop_in.bind("inproc://hop")
+        hop_out.connect("inproc://hop")
+        peer = factory.dealer()
+        peer.setsockopt(zmq.CURVE_SECRETKEY, load_keypair(keys / "host-2.key_secret").secret)
+        peer.setsockopt(zmq.CURVE_PUBLICKEY, load_keypair(keys / "host-2.key_secret").public)
+        peer.setsockopt(zmq.CURVE_SERVERKEY, load_keypair(keys / "host-1.key_secret").public)
+        peer.connect(f"tcp://127.0.0.1:{port}")
+        peer.send(b"hello")
+        assert front.poll(5000)
+        received = front.recv_multipart(copy=False)
+        assert received[0].get("User-Id") == "host-2"  # read where it arrived: the key's name
+        hop_in.send_multipart(received, copy=False)
+        forwarded = hop_out.recv_multipart(copy=False)
+        with pytest.raises(zmq.ZMQError):
+            forwarded[0].get("User-Id")  # one hop further: gone
+        for sock in (front, hop_in, hop_out, peer):
+            sock.close(0)
+    finally:
+        from zmqrpc.security import running_authenticator
+
+        auth = running_authenticator(context)
+        if auth is not None:
+            auth.stop()
+        context.term()
