@@ -249,10 +249,13 @@ class _StampingDevice(_Device):
         for sock in (front, back, control):
             poller.register(sock, zmq.POLLIN)
         held: list[Any] | None = None
+        holding = False  # what the poller was last told: only a change costs two modify calls
         # Frames move as zmq.Frame objects (copy=False): passed on without copying their bytes.
         while True:
-            poller.modify(front, 0 if held else zmq.POLLIN)
-            poller.modify(back, zmq.POLLIN | (zmq.POLLOUT if held else 0))
+            if holding != (held is not None):
+                holding = held is not None
+                poller.modify(front, 0 if holding else zmq.POLLIN)
+                poller.modify(back, zmq.POLLIN | (zmq.POLLOUT if holding else 0))
             events = dict(poller.poll())
             if control in events:
                 control.recv()
@@ -274,13 +277,18 @@ class _StampingDevice(_Device):
                         frames = front.recv_multipart(NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    try:
-                        caller = str(frames[0].get("User-Id")).encode()
-                    except zmq.ZMQError:  # inproc (published fanout, rescued requests): no User-Id
-                        caller = b""
+                    caller = self._caller(frames[0])
                     held = self._forward(back, [caller, *frames])
                     if held is not None:
                         break
+
+    @staticmethod
+    def _caller(first: zmq.Frame) -> bytes:
+        """The User-Id of a request's connection (b"" for inproc: published fanout, rescued requests)."""
+        try:
+            return str(first.get("User-Id")).encode()
+        except zmq.ZMQError:
+            return b""
 
     @staticmethod
     def _forward(back: zmq.Socket, frames: list[Any]) -> list[Any] | None:
