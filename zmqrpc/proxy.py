@@ -170,14 +170,21 @@ class _Proxy:
         """Handle up to BATCH messages waiting on ``sock``, one at a time."""
         for _ in range(BATCH):
             try:
-                frames = sock.recv_multipart(NOBLOCK)
+                frames = self._receive(sock)
             except zmq.Again:
                 return
+            if frames is None:
+                continue
             try:
                 handle(frames)
             except Exception as exc:  # one bad message must never stop the proxy
                 LOG.exception("zmqrpc %s: unexpected error handling a message", self.kind)
                 self.drops.drop("internal error", f"{type(exc).__name__}: {exc}")
+
+    def _receive(self, sock: zmq.Socket) -> list[bytes] | None:
+        """The frames of one message waiting on ``sock`` (zmq.Again when none waits), or None when it was
+        refused on arrival (and counted there)."""
+        return sock.recv_multipart(NOBLOCK)
 
     def _send(self, sock: zmq.Socket, frames: list[bytes], reason: str) -> bool:
         """Send without blocking; a message that cannot go now is dropped and counted under ``reason``."""
@@ -408,28 +415,19 @@ class CentralProxy(_Proxy):
             return True
         return False
 
-    def _drain(self, sock: zmq.Socket, handle: Callable[[list[bytes]], None], _flags: int = 0) -> None:
+    def _receive(self, sock: zmq.Socket) -> list[bytes] | None:
         if self._rules is None or sock is not self._frontend:
-            super()._drain(sock, handle, _flags)
-            return
+            return super()._receive(sock)
         # Authorization: the sender's key name (ZAP User-Id) is a property of what the frontend receives.
-        for _ in range(BATCH):
-            try:
-                received = sock.recv_multipart(NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            frames = [frame.bytes for frame in received]
-            try:
-                caller = str(received[0].get("User-Id"))
-            except zmq.ZMQError:
-                caller = ""
-            if self._invalid(frames, "frontend") or self._refused(caller, frames):
-                continue
-            try:
-                handle(frames)
-            except Exception as exc:  # one bad message must never stop the proxy
-                LOG.exception("zmqrpc %s: unexpected error handling a message", self.kind)
-                self.drops.drop("internal error", f"{type(exc).__name__}: {exc}")
+        received = sock.recv_multipart(NOBLOCK, copy=False)
+        frames = [frame.bytes for frame in received]
+        try:
+            caller = str(received[0].get("User-Id"))
+        except zmq.ZMQError:
+            caller = ""
+        if self._invalid(frames, "frontend") or self._refused(caller, frames):
+            return None
+        return frames
 
     def _refused(self, caller: str, frames: list[bytes]) -> bool:
         """Check ``zmq_curve_authorization`` for one frontend message; answer a refused call."""
