@@ -13,6 +13,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_python(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """``python *args`` run to its end from the repository, with this checkout's package; output captured."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class ServerProcess:
     """A tests.rpc_node process; ``address`` is what it registered, ``server`` its name."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import ROOT
+from tests.procs import ROOT, run_python
 from tests.servers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -29,15 +29,7 @@ def _conf(tmp: Path, url: str, host: str, extra: str = "", expire: int = 5) -> P
 
 
 def _zmqrpc(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "zmqrpc.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_python("-m", "zmqrpc.cli", *args, timeout=timeout)
 
 
 @pytest.fixture

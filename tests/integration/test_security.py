@@ -23,7 +23,7 @@ import zmq
 import zmq.auth
 
 from tests.integration.test_metrics import scrape, value
-from tests.procs import ROOT, ProxyProcess, ServerProcess
+from tests.procs import ROOT, ProxyProcess, ServerProcess, run_python
 from tests.servers import RedisServer, SentinelProcess, find_binary, free_port, wait_for
 from zmqrpc import protocol
 from zmqrpc.client import RpcClient
@@ -65,6 +65,20 @@ def curve(keys: Path, name: str, **extra: Any) -> dict[str, Any]:
         "zmq_curve_allowed_keys_dir": str(keys / "allowed"),
         **extra,
     }
+
+
+def curve_lines(keys: Path, name: str) -> str:
+    """``name``'s security options as config-file lines (what a proxy process reads)."""
+    return "".join(f"{k} = {v}\n" for k, v in curve(keys, name).items() if k.startswith("zmq_"))
+
+
+def wait_registered(redis_server: RedisServer, topic: str) -> None:
+    """Until something (a proxy: ``protocol.PROXY_*``) is registered under ``topic``."""
+    mm = RedisMatchMaker([redis_server.address])
+    try:
+        assert wait_for(lambda: mm.get_hosts(topic), timeout=15), f"nothing registered under {topic}"
+    finally:
+        mm.close()
 
 
 @pytest.fixture(scope="module")
@@ -215,15 +229,7 @@ import os; os._exit(0)
 
 def test_without_a_zap_handler_libzmq_refuses_even_a_valid_key(keys) -> None:
     """ZMQ_ZAP_ENFORCE_DOMAIN: the moments between the handler's death and the exit serve no one."""
-    done = subprocess.run(
-        [sys.executable, "-c", NO_WATCHDOG, str(keys)],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python("-c", NO_WATCHDOG, str(keys), timeout=60)
     assert done.stdout.strip() == "refused", done.stderr[-2000:]
 
 
@@ -234,15 +240,7 @@ def agent_with(tmp_path: Path, keys: Path, secret: Path, allowed: Path) -> subpr
         f"rpc_zmq_ipc_dir = {tmp_path}\nzmq_security = curve\nzmq_curve_secret_key_file = {secret}\n"
         f"zmq_curve_allowed_keys_dir = {allowed}\n"
     )
-    return subprocess.run(
-        [sys.executable, "-m", "zmqrpc.cli", "agent", "--config-file", str(conf)],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_python("-m", "zmqrpc.cli", "agent", "--config-file", str(conf), timeout=60)
 
 
 @pytest.mark.parametrize("case", ["open secret key", "missing file", "malformed file", "no allowed keys"])
@@ -307,13 +305,12 @@ def test_a_rogue_registration_gets_no_message(redis_server, keys, tmp_path) -> N
 
 def test_curve_through_router_proxies_and_publishers(redis_server, keys, tmp_path) -> None:
     """Router proxy + PUB/SUB: every hop speaks CURVE; calls, casts and published fanout arrive."""
-    extra = "".join(f"{k} = {v}\n" for k, v in curve(keys, "node-b").items() if k.startswith("zmq_"))
+    extra = curve_lines(keys, "node-b")
     proxy = ProxyProcess(tmp_path, redis_server.url, use_pub_sub=True, publisher_port=0, extra=extra).start()
     topology = {"use_router_proxy": True, "use_pub_sub": True}
     server = None
     try:
-        mm = RedisMatchMaker([redis_server.address])
-        assert wait_for(lambda: mm.get_hosts(protocol.PROXY_PUBLISHERS), timeout=15)
+        wait_registered(redis_server, protocol.PROXY_PUBLISHERS)
         server = serve(redis_server, keys, "node-a", tmp_path, **topology)
         with client(redis_server, keys, "client-1", **topology) as c:
             assert wait_for(lambda: c.call("svc", "whoami", timeout=5), timeout=20) == "node-a"
@@ -321,7 +318,6 @@ def test_curve_through_router_proxies_and_publishers(redis_server, keys, tmp_pat
             c.fanout("svc", "record", {"tag": "published-fanout"})
             wait_for(lambda: len(ledger(tmp_path, "node-a")) == 2, timeout=15)
         assert sorted(ledger(tmp_path, "node-a")) == ["proxied-cast", "published-fanout"]
-        mm.close()
     finally:
         if server is not None:
             server.stop()
@@ -331,15 +327,13 @@ def test_curve_through_router_proxies_and_publishers(redis_server, keys, tmp_pat
 def test_proxies_apply_the_authorization_rules(redis_server, keys, tmp_path) -> None:
     """Servers behind a proxy see only the proxy: the proxy, which knows the sender, checks the rules."""
     rules = "client-*:svc:call"
-    extra = "".join(f"{k} = {v}\n" for k, v in curve(keys, "node-b").items() if k.startswith("zmq_"))
+    extra = curve_lines(keys, "node-b")
     proxy = ProxyProcess(tmp_path, redis_server.url, extra=extra + f"zmq_curve_authorization = {rules}\n")
     topology = {"use_router_proxy": True}
     server = None
     try:
         proxy.start()
-        mm = RedisMatchMaker([redis_server.address])
-        assert wait_for(lambda: mm.get_hosts(protocol.PROXY_BACKENDS), timeout=15)
-        mm.close()
+        wait_registered(redis_server, protocol.PROXY_BACKENDS)
         server = serve(redis_server, keys, "node-a", tmp_path, **topology)
         with client(redis_server, keys, "client-1", **topology) as c:
             assert wait_for(lambda: c.call("svc", "whoami", timeout=5), timeout=20) == "node-a"
@@ -414,8 +408,8 @@ def test_a_key_rotation_under_calls_loses_none(redis_server, keys, tmp_path) -> 
 def test_curve_through_a_local_publisher(redis_server, keys, tmp_path) -> None:
     """A node's local publisher runs with the node's own key: the node's server subscribes to it on
     localhost, and it subscribes to the central publisher with the central proxy's key."""
-    central_extra = "".join(f"{k} = {v}\n" for k, v in curve(keys, "node-b").items() if k.startswith("zmq_"))
-    local_extra = "".join(f"{k} = {v}\n" for k, v in curve(keys, "node-a").items() if k.startswith("zmq_"))
+    central_extra = curve_lines(keys, "node-b")
+    local_extra = curve_lines(keys, "node-a")
     central = ProxyProcess(
         tmp_path, redis_server.url, use_pub_sub=True, publisher_port=0, extra=central_extra
     )
@@ -432,8 +426,7 @@ def test_curve_through_a_local_publisher(redis_server, keys, tmp_path) -> None:
     server = None
     try:
         central.start()
-        mm = RedisMatchMaker([redis_server.address])
-        assert wait_for(lambda: mm.get_hosts(protocol.PROXY_PUBLISHERS), timeout=15)
+        wait_registered(redis_server, protocol.PROXY_PUBLISHERS)
         local.start()
         server = serve(
             redis_server, keys, "node-a", tmp_path, subscribe_on=[f"localhost:{local_port}"], **topology
@@ -447,7 +440,6 @@ def test_curve_through_a_local_publisher(redis_server, keys, tmp_path) -> None:
         assert ledger(tmp_path, "node-a"), (
             "no published fanout reached the server through the local publisher"
         )
-        mm.close()
     finally:
         if server is not None:
             server.stop()
@@ -509,23 +501,8 @@ def test_redis_acl_user_and_password(keys, tmp_path) -> None:
             # The password appears neither in `zmqrpc matchmaker list` nor in its log.
             conf = tmp_path / "list.conf"
             conf.write_text(f"[DEFAULT]\ntransport_url = {url}\n")
-            listed = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "zmqrpc.cli",
-                    "--debug",
-                    "matchmaker",
-                    "--config-file",
-                    str(conf),
-                    "list",
-                ],
-                env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
+            listed = run_python(
+                "-m", "zmqrpc.cli", "--debug", "matchmaker", "--config-file", str(conf), "list", timeout=60
             )
             assert listed.returncode == 0, listed.stderr[-2000:]
             assert "svc" in listed.stdout
