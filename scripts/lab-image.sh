@@ -20,12 +20,14 @@ IMAGE=${ZMQRPC_LAB_IMAGE:-localhost/zmqrpc-lab:bookworm}
 CACHE=${ZMQRPC_LAB_CACHE:-/var/cache/zmqrpc-lab}
 SUITE=bookworm
 # Bump when the in-chroot preparation below changes, to invalidate cached rootfs tarballs.
-ROOTFS_RECIPE=3
+ROOTFS_RECIPE=4
 INCLUDE=systemd,systemd-sysv,python3,python3-apt,sudo,iproute2,ca-certificates,procps
 # What the roles install (roles/*/vars/Debian.yml), installed in advance so that every scenario's converge
 # finds them present instead of downloading and unpacking them on every host. The roles keep their install
 # tasks (a stock systemd image works too); the services stay disabled here, the roles enable what a host needs.
-PRESEED_PACKAGES=(redis-server redis-tools redis-sentinel python3-redis iptables iptables-persistent python3-venv)
+# tcpdump is for the checks, not the roles: the secure scenario captures the lab network's traffic with it.
+PRESEED_PACKAGES=(redis-server redis-tools redis-sentinel python3-redis iptables iptables-persistent python3-venv
+                  tcpdump)
 PRESEED_SERVICES=(redis-server redis-sentinel netfilter-persistent)
 
 force=0
