@@ -83,6 +83,11 @@ options:
   sentinel_password:
     description: Password of the Sentinel itself (its C(requirepass)), if it has one.
     type: str
+  sentinel_tls_ca_file:
+    description:
+      - Talk TLS to the Sentinel (one that serves only TLS), checking its certificate against this CA
+        certificate. Unset, plain TCP.
+    type: path
   connect_timeout:
     description: Seconds to wait for the Sentinel to answer.
     type: float
@@ -196,6 +201,11 @@ class Sentinel:
             socket_timeout=params["connect_timeout"],
             socket_connect_timeout=params["connect_timeout"],
             decode_responses=True,
+            **(
+                {"ssl": True, "ssl_ca_certs": params["sentinel_tls_ca_file"], "ssl_cert_reqs": "required"}
+                if params["sentinel_tls_ca_file"]
+                else {}
+            ),
         )
 
     def call(self, *args):
@@ -288,6 +298,7 @@ def run_module() -> None:
             sentinel_host=dict(type="str", default="127.0.0.1"),
             sentinel_port=dict(type="int", default=26379),
             sentinel_password=dict(type="str", no_log=True),
+            sentinel_tls_ca_file=dict(type="path"),
             connect_timeout=dict(type="float", default=5.0),
         ),
         required_if=[("state", "present", ["ip"])],
