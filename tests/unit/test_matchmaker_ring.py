@@ -237,6 +237,24 @@ def test_routing_cache_holds_a_forgotten_address_down(counting: CountingMatchMak
         cache.close()
 
 
+def test_routing_cache_keeps_topics_read_from_the_cache_only(counting: CountingMatchMaker) -> None:
+    """A server behind proxies looks its proxies up once, then reads them with lookup_cached: they must stay
+    refreshed (an idle topic is dropped, and the server would then disconnect from every proxy)."""
+    counting.register("zmqrpc-proxy.backend", "p1:1", 60)
+    counting.register("compute", "h1:1", 60)
+    cache = RoutingCache(counting, refresh_interval=0.05, idle_timeout=0.2)
+    try:
+        assert cache.lookup("zmqrpc-proxy.backend") == ["p1:1"]
+        assert cache.lookup("compute") == ["h1:1"]
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:
+            assert cache.lookup_cached("zmqrpc-proxy.backend") == ["p1:1"]
+            time.sleep(0.05)
+        assert cache.lookup_cached("compute") == []  # not used at all: dropped as idle
+    finally:
+        cache.close()
+
+
 def test_routing_cache_background_refresh_and_outage(counting: CountingMatchMaker) -> None:
     counting.register("compute", "h1:1", 60)
     cache = RoutingCache(counting, refresh_interval=0.1)

@@ -78,8 +78,11 @@ class RoutingCache:
 
     def lookup_cached(self, topic: str) -> list[str]:
         """The cached addresses for ``topic`` ([] if unknown); never asks the matchmaker, so it is safe
-        from an I/O loop that must not block."""
+        from an I/O loop that must not block. It is a use: a topic read only this way (a server's proxies)
+        stays refreshed instead of being dropped as idle after ``idle_timeout``."""
         with self._lock:
+            if topic in self._routes:
+                self._last_used[topic] = time.monotonic()
             return list(self._routes.get(topic, ()))
 
     def invalidate(self, topic: str | None = None) -> None:
