@@ -18,6 +18,7 @@ from zmqrpc_lab import (
     PROXIES,
     PUBLISHER_PORT,
     REDIS,
+    REDIS_TLS,
     SCENARIO,
     SENTINELS,
     USE_DYNAMIC,
@@ -110,11 +111,11 @@ def test_config_points_at_the_matchmaker(name):
             f"{zmq['rpc_zmq_ipc_dir']} on {name}: the services cannot share registrations there"
         )
     elif MATCHMAKER == "sentinel":
-        assert url.startswith("zmq+sentinel://"), url
+        assert url.startswith("zmq+sentinels://" if REDIS_TLS else "zmq+sentinel://"), url
         for sentinel in SENTINELS:
             assert f"{sentinel}:26379" in url, f"{name}: Sentinel {sentinel} missing from {url}"
     else:
-        assert url.startswith("zmq+redis://"), url
+        assert url.startswith("zmq+rediss://" if REDIS_TLS else "zmq+redis://"), url
         assert f"{REDIS[0]}:6379" in url, f"{name}: Redis {REDIS[0]} missing from {url}"
 
 

@@ -163,7 +163,7 @@ def test_computes_hold_no_connection_to_another_nodes_agent(exchange, compute):
 
     Router proxy: messages only ever go through the proxies. Dynamic connections: a direct connection
     lives for one message, so none is left after the exchange. Inbound connections to this host's own
-    proxy are fine.
+    proxy or matchmaker (a Sentinel on a compute) are fine.
     """
     if not (USE_ROUTER_PROXY or USE_DYNAMIC):
         pytest.skip("static direct: agents keep direct connections by design")
@@ -173,7 +173,7 @@ def test_computes_hold_no_connection_to_another_nodes_agent(exchange, compute):
         c
         for c in established(compute)
         if c["remote"] not in ("127.0.0.1", "::1", own)
-        and c["local_port"] not in PROXY_PORTS
+        and c["local_port"] not in allowed
         and c["remote_port"] not in allowed
         and PORT_RANGE[0] <= c["remote_port"] <= PORT_RANGE[1]
     ]

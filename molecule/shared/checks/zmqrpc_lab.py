@@ -107,6 +107,9 @@ USE_PUB_SUB = bool(VARS.get("zmqrpc_use_pub_sub", False))
 USE_ROUTER_PROXY = bool(VARS.get("zmqrpc_use_router_proxy", False))
 USE_DYNAMIC = bool(VARS.get("zmqrpc_use_dynamic_connections", False))
 LOCAL_PUBLISHER = bool(VARS.get("zmqrpc_local_publisher", False))
+# Security (the secure scenario): CurveZMQ on the bus, TLS to Redis and Sentinel.
+CURVE = VARS.get("zmqrpc_security", "none") == "curve"
+REDIS_TLS = bool(VARS.get("redis_tls_enabled", False))
 
 # The documented contract.
 CONFIG_FILE = "/etc/zmqrpc/zmqrpc.conf"

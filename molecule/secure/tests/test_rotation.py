@@ -1,0 +1,111 @@
+"""Key rotation under load: playbooks/rotate-keys.yml replaces every proxy's and node's CURVE key pair in two
+phases while a long-lived client keeps calling every agent, and no call is lost. Afterwards each host uses
+<name>+1, the old pairs are gone from every host and every allowed-keys directory, and new processes on
+every node reach every agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import CONFIG_FILE, CURVE_DIR, HOSTS, VENV, lab_host
+from zmqrpc_lab import MOLECULE, wait_until
+
+CALLER = "sec-cmp1"
+PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY") or Path(__file__).resolve().parents[3])
+LOG, STOP, UNIT = "/var/tmp/sec-rotation-probe.jsonl", "/var/tmp/sec-rotation-probe.stop", "sec-rotation-probe"
+
+# One RpcClient, as a service holds one: a call to every agent in turn, one JSON line per call, until the
+# stop file appears (or 10 minutes pass). With acks, as a client that must not lose a call runs: a call
+# that a restarting proxy or agent dropped is sent again (README, "Reliable delivery").
+PROBE = f"""
+import json, os, sys, time
+from zmqrpc import RpcClient, load_settings
+
+targets = sys.argv[1].split(",")
+settings = load_settings(
+    config_files=["{CONFIG_FILE}"],
+    overrides={{"rpc_use_acks": True, "rpc_ack_timeout_base": 2.0, "rpc_retry_attempts": 10}},
+)
+with open("{LOG}", "a", buffering=1) as log, RpcClient(settings) as client:
+    deadline = time.monotonic() + 600
+    while not os.path.exists("{STOP}") and time.monotonic() < deadline:
+        for target in targets:
+            line = {{"target": target, "t": time.time()}}
+            try:
+                client.call("zmqrpc-agent", "ping", timeout=40, server=target)
+                line["ok"] = True
+            except Exception as exc:
+                line["ok"], line["error"] = False, "%s: %s" % (type(exc).__name__, exc)
+            log.write(json.dumps(line) + "\\n")
+        time.sleep(0.1)
+"""
+
+
+def rotate() -> subprocess.CompletedProcess:
+    """ansible-playbook playbooks/rotate-keys.yml against the scenario's inventory, as converge runs it."""
+    ephemeral = os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]
+    args = MOLECULE.get("provisioner", {}).get("ansible_args", [])
+    env = {**os.environ, "ANSIBLE_CONFIG": os.environ.get("ANSIBLE_CONFIG") or f"{ephemeral}/ansible.cfg"}
+    command = [
+        "ansible-playbook",
+        "--inventory", os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]),
+        *[os.path.expandvars(arg.replace("${MOLECULE_PROJECT_DIRECTORY}", str(PROJECT))) for arg in args],
+        str(PROJECT / "playbooks" / "rotate-keys.yml"),
+    ]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
+def probe_lines() -> list[dict]:
+    text = lab_host(CALLER).run(f"cat {LOG}").stdout
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.timeout(900)
+def test_rotation_under_load_loses_no_call():
+    host = lab_host(CALLER)
+    host.check_output(f"rm -f {LOG} {STOP} && cat > /var/tmp/sec-rotation-probe.py <<'EOF'\n{PROBE}\nEOF")
+    host.check_output(
+        f"systemd-run --unit {UNIT} --collect {VENV}/bin/python /var/tmp/sec-rotation-probe.py {','.join(HOSTS)}"
+    )
+    try:
+        wait_until(lambda: sum(line["ok"] for line in probe_lines()) >= len(HOSTS), 60, "the probe calls")
+        started = time.time()
+        result = rotate()
+        finished = time.time()
+        assert result.returncode == 0, (
+            f"rotate-keys.yml failed (exit {result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+        )
+        time.sleep(3)  # calls after the last phase, on the new keys only
+    finally:
+        host.run(f"touch {STOP}")
+        wait_until(lambda: not host.service(UNIT).is_running, 30, "the probe stops")
+    lines = probe_lines()
+    failed = [line for line in lines if not line["ok"]]
+    during = [line for line in lines if started <= line["t"] <= finished]
+    assert not failed, f"{len(failed)} of {len(lines)} calls failed during the rotation: {failed[:5]}"
+    assert len(during) >= 10 * len(HOSTS), f"only {len(during)} calls during the rotation: no steady load"
+    assert {line["target"] for line in during} == set(HOSTS)
+
+
+def test_every_host_uses_its_new_pair_and_only_new_keys_are_allowed():
+    for name in HOSTS:
+        host = lab_host(name)
+        assert host.file(f"{CURVE_DIR}/in-use").content_string.strip() == f"{name}+1"
+        assert host.file(CONFIG_FILE).contains(f"^zmq_curve_secret_key_file = {CURVE_DIR}/{name}+1.key_secret$")
+        secret = host.file(f"{CURVE_DIR}/{name}+1.key_secret")
+        assert (secret.user, secret.mode) == ("zmqrpc", 0o600), f"{name}: {secret.user} {oct(secret.mode)}"
+        own = sorted(host.check_output(f"cd {CURVE_DIR} && ls *.key *.key_secret").split())
+        assert own == [f"{name}+1.key", f"{name}+1.key_secret"], f"{name} still holds {own}"
+        allowed = sorted(host.check_output(f"ls {CURVE_DIR}/allowed").split())
+        assert allowed == sorted(f"{peer}+1.key" for peer in HOSTS), f"{name} allows {allowed}"
+    # New processes on every node (on the new keys) reach every agent (restarted on theirs) exactly once.
+    for name in HOSTS:
+        result = lab_host(name).run(
+            f"{VENV}/bin/zmqrpc ping --config-file {CONFIG_FILE} --mode fanout --hosts {','.join(HOSTS)} --timeout 10"
+        )
+        assert result.rc == 0, f"fanout from {name} after the rotation: {result.stdout} {result.stderr[-2000:]}"
