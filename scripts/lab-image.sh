@@ -51,9 +51,21 @@ for tool in podman debootstrap python3; do
     command -v "$tool" >/dev/null || { log "$tool is missing: run scripts/lab-prereqs.sh first" >&2; exit 1; }
 done
 
+# The image carries the recipe it was built from (label zmqrpc.lab.recipe): one of ours (its import comment
+# says "zmqrpc lab base") from an older recipe is rebuilt, since a new check may need a package it lacks;
+# anyone else's image (ZMQRPC_LAB_IMAGE) is kept.
+recipe=$(printf '%s\n' "$ROOTFS_RECIPE" "$SUITE" "$INCLUDE" "${PRESEED_PACKAGES[*]}" | sha256sum | cut -c1-12)
 if ((!force)) && podman image exists "$IMAGE"; then
-    log "$IMAGE already exists (use --force to rebuild)"
-    exit 0
+    built_from=$(podman image inspect --format '{{index .Labels "zmqrpc.lab.recipe"}}' "$IMAGE" 2>/dev/null || true)
+    comment=$(podman image inspect --format '{{.Comment}}' "$IMAGE" 2>/dev/null || true)
+    if [[ $built_from == "$recipe" ]]; then
+        log "$IMAGE already exists (recipe $recipe; use --force to rebuild)"
+        exit 0
+    elif [[ $comment != "zmqrpc lab base"* ]]; then
+        log "$IMAGE already exists and was not built by this script: kept (use --force to rebuild)"
+        exit 0
+    fi
+    log "$IMAGE is of an older recipe (${built_from:-unlabelled}, now $recipe): rebuilding"
 fi
 
 # --- the host's Debian apt sources --------------------------------------------
@@ -236,6 +248,7 @@ tar -C "$rootfs" --numeric-owner -c . | podman import \
     --change 'CMD ["/sbin/init"]' \
     --change 'ENV container=podman' \
     --change 'STOPSIGNAL SIGRTMIN+3' \
+    --change "LABEL zmqrpc.lab.recipe=$recipe" \
     --message "zmqrpc lab base: Debian $SUITE minbase + systemd, python3, the roles' packages" \
     --quiet - "$IMAGE" >/dev/null
 log "imported $IMAGE ($((SECONDS - start)) s)"
