@@ -90,6 +90,8 @@ KEY_NAMES_REFRESH = 1.0
 # A server address found to have an allowed key is checked again after this long (keys may be rotated out).
 TRUST_TTL = 10.0
 KEY_NAMES_PARSE = 0.5
+# With acks, a call to a topic nobody serves yet asks the matchmaker again this often, within its timeout.
+ROUTE_WAIT_STEP = 0.5
 MAX_TRUST_CACHE = 100_000
 
 
@@ -280,7 +282,7 @@ class RpcClient:
         if timeout is None or timeout <= 0:
             raise ValueError(f"a call needs a positive timeout (got {timeout!r} for topic {topic!r})")
         target = f"{topic}.{server}" if server else topic
-        ordered = self._pick(target, self._hosts(target, True))
+        ordered = self._pick(target, self._call_hosts(target, timeout))
         frames = self._frame(MessageType.CALL, target, _body(method, args, context), protocol.new_msg_id())
         return target, ordered, frames
 
@@ -447,6 +449,22 @@ class RpcClient:
             self._count_undelivered()
             LOG.warning("no server registered for topic %r: message not sent", topic)
         return hosts
+
+    def _call_hosts(self, target: str, timeout: float) -> list[str]:
+        """A call's servers. With acks, finding none is not yet a failure, as for a resend: the call waits for
+        a server to register, asking the matchmaker every ROUTE_WAIT_STEP seconds within its timeout, so a
+        server that is restarting (an upgrade, a key rotation) still gets it. NoRouteError at the deadline."""
+        if not self._acks:
+            return self._hosts(target, True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._hosts(target, True)
+            except NoRouteError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                time.sleep(min(ROUTE_WAIT_STEP, left))
 
     def _key_names(self, address: str) -> list[tuple[str, str]]:
         """The key names registered for ``address`` (cached; never a matchmaker round trip). The parsed

@@ -8,6 +8,7 @@ unreachable Sentinel's error that dumped redis-py objects.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,7 @@ from tests.procs import ServerProcess
 from tests.servers import free_port, wait_for
 from zmqrpc import protocol
 from zmqrpc.config import load_settings
-from zmqrpc.errors import MatchmakerError
+from zmqrpc.errors import MatchmakerError, NoRouteError
 from zmqrpc.matchmaker import create_matchmaker
 from zmqrpc.protocol import Flags, MessageType
 
@@ -210,6 +211,35 @@ def test_resends_wait_for_a_server_that_comes_back_on_another_port(redis_server,
         )
         assert sorted(set(_recorded(ledger))) == list(range(250))
         assert client.undelivered == 0
+    finally:
+        bus.close()
+
+
+def test_with_acks_a_call_waits_for_a_server_that_is_restarting(redis_server, tmp_path: Path) -> None:
+    """A server stopped cleanly unregisters. A call made while it is away used to fail at once with
+    NoRouteError, even with acks (a key rotation under load lost calls that way); with acks it now waits
+    for the server to register again, within its timeout. Without acks it still fails at once."""
+    bus = Bus(redis_server.url, "static")
+    ledger = tmp_path / "ledger"
+    try:
+        server = _ledger_server(bus, ledger, **ACKS)
+        client = bus.client(**ACKS)
+        client.call("ledger", "record", {"tag": 0}, timeout=10)
+        server.stop()  # SIGTERM: it unregisters before it exits
+        time.sleep(1.0)  # past rpc_zmq_cache_refresh: the client's cache no longer holds the old address
+        with pytest.raises(NoRouteError):
+            bus.client().call("ledger", "record", {"tag": -1}, timeout=10)
+        restart = threading.Timer(1.5, _ledger_server, (bus, ledger), ACKS)
+        restart.start()
+        started = time.monotonic()
+        client.call("ledger", "record", {"tag": 1}, timeout=30)
+        waited = time.monotonic() - started
+        restart.join()
+        print(f"a call made while its server restarted was answered after {waited:.1f} s")
+        assert waited >= 1.5, "the call was answered before the server came back"
+        assert _recorded(ledger) == Counter({0: 1, 1: 1})
+        with pytest.raises(NoRouteError, match="nobody-serves-this"):
+            client.call("nobody-serves-this", "record", {"tag": 2}, timeout=1)
     finally:
         bus.close()
 
