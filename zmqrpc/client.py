@@ -54,9 +54,9 @@ from zmqrpc.protocol import Flags, MessageType
 from zmqrpc.security import UntrustedPeer, load_security
 from zmqrpc.sockets import (
     CLOSE_LINGER_MS,
-    NOBLOCK,
     SocketFactory,
     new_routing_id,
+    recv_message,
     send_frames,
 )
 
@@ -586,7 +586,7 @@ class RpcClient:
                 raise CallTimeout(f"no reply nor heartbeat within {monitor} s (call monitoring)")
             sock.setsockopt(zmq.RCVTIMEO, max(1, int((ends - now) * 1000)))
             try:
-                frames = sock.recv_multipart()
+                frames = recv_message(sock, 0)
             except zmq.Again:
                 continue
             if len(frames) != protocol.FRAME_COUNT or frames[0][protocol.MSG_ID_OFFSET :] != msg_id:
@@ -815,7 +815,7 @@ class RpcClient:
         sock = link.sock
         while True:
             try:
-                frames = sock.recv_multipart(NOBLOCK)
+                frames = recv_message(sock)
             except zmq.Again:
                 break
             try:

@@ -50,7 +50,15 @@ from zmqrpc.matchmaker import MatchMaker, Registrar, create_matchmaker
 from zmqrpc.periodic import PeriodicTask
 from zmqrpc.protocol import MessageType
 from zmqrpc.security import load_security
-from zmqrpc.sockets import CLOSE_LINGER_MS, NOBLOCK, SocketFactory, sync_connections
+from zmqrpc.sockets import (
+    CLOSE_LINGER_MS,
+    NOBLOCK,
+    SocketFactory,
+    recv_frames,
+    recv_message,
+    send_frames,
+    sync_connections,
+)
 
 if TYPE_CHECKING:
     from zmqrpc.config import Settings
@@ -184,12 +192,12 @@ class _Proxy:
     def _receive(self, sock: zmq.Socket) -> list[bytes] | None:
         """The frames of one message waiting on ``sock`` (zmq.Again when none waits), or None when it was
         refused on arrival (and counted there)."""
-        return sock.recv_multipart(NOBLOCK)
+        return recv_message(sock)
 
     def _send(self, sock: zmq.Socket, frames: list[bytes], reason: str) -> bool:
         """Send without blocking; a message that cannot go now is dropped and counted under ``reason``."""
         try:
-            sock.send_multipart(frames, NOBLOCK)
+            send_frames(sock, frames)
         except zmq.ZMQError as exc:
             self.drops.drop(reason, str(exc))
             return False
@@ -419,7 +427,7 @@ class CentralProxy(_Proxy):
         if self._rules is None or sock is not self._frontend:
             return super()._receive(sock)
         # Authorization: the sender's key name (ZAP User-Id) is a property of what the frontend receives.
-        received = sock.recv_multipart(NOBLOCK, copy=False)
+        received = recv_frames(sock)
         frames = [frame.bytes for frame in received]
         try:
             caller = str(received[0].get("User-Id"))
@@ -475,7 +483,7 @@ class CentralProxy(_Proxy):
         ``route`` names, and count it. True: sent. False: no such peer is connected. None: dropped."""
         route, sender = frames[0], frames[2]
         try:
-            sock.send_multipart(frames, NOBLOCK)
+            send_frames(sock, frames)
         except zmq.Again:
             self.drops.drop(f"{link.out} queue full", f"{link.peer} {_short(route)} at its high-water mark")
             return None

@@ -42,6 +42,8 @@ from zmqrpc.sockets import (
     NOBLOCK,
     SocketFactory,
     new_routing_id,
+    recv_frames,
+    recv_message,
     send_frames,
     sync_connections,
 )
@@ -250,7 +252,7 @@ class _StampingDevice(_Device):
             poller.register(sock, zmq.POLLIN)
         held: list[Any] | None = None
         holding = False  # what the poller was last told: only a change costs two modify calls
-        # Frames move as zmq.Frame objects (copy=False): passed on without copying their bytes.
+        # Frames move as zmq.Frame objects: passed on without copying their bytes.
         while True:
             if holding != (held is not None):
                 holding = held is not None
@@ -264,17 +266,17 @@ class _StampingDevice(_Device):
             if ready & zmq.POLLIN:
                 for _ in range(DEVICE_BATCH):
                     try:
-                        replies = back.recv_multipart(NOBLOCK, copy=False)
+                        replies = recv_frames(back)
                     except zmq.Again:
                         break
                     with contextlib.suppress(zmq.ZMQError):  # a caller gone: dropped, as zmq.proxy does
-                        front.send_multipart(replies, NOBLOCK, copy=False)
+                        send_frames(front, replies)
             if held is not None and ready & zmq.POLLOUT:
                 held = self._forward(back, held)
             if held is None and front in events:
                 for _ in range(DEVICE_BATCH):
                     try:
-                        frames = front.recv_multipart(NOBLOCK, copy=False)
+                        frames = recv_frames(front)
                     except zmq.Again:
                         break
                     caller = self._caller(frames[0])
@@ -293,7 +295,7 @@ class _StampingDevice(_Device):
     @staticmethod
     def _forward(back: zmq.Socket, frames: list[Any]) -> list[Any] | None:
         try:
-            back.send_multipart(frames, NOBLOCK, copy=False)
+            send_frames(back, frames)
         except zmq.Again:
             return frames  # every worker's queue is full: hold it
         return None
@@ -633,7 +635,7 @@ class RpcServer:
         self._metrics.workers.inc()
         try:
             while True:
-                frames = sock.recv_multipart()
+                frames = recv_message(sock, 0)
                 if not self._running:
                     break  # stopping: whatever arrives now is not taken (it was not acked either)
                 with self._lock:
@@ -828,7 +830,7 @@ class RpcServer:
             with worker.lock:
                 while worker.busy_with is not None:
                     try:
-                        frames = worker.sock.recv_multipart(NOBLOCK)
+                        frames = recv_message(worker.sock)
                     except zmq.Again:
                         break
                     # Taken back before: strip the old mark, the frontend adds it again.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import zmq
@@ -35,8 +35,9 @@ NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE) | NOBLOCK
 
 
-def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
-    """``sock.send_multipart(frames, NOBLOCK)`` with int flags (raises zmq.Again when it would block).
+def send_frames(sock: zmq.Socket, frames: Sequence[bytes | zmq.Frame]) -> None:
+    """``sock.send_multipart(frames, NOBLOCK)`` at a third of its cost, with int flags and no per-frame type
+    check (raises zmq.Again when it would block). A Frame goes without a copy.
 
     libzmq queues a multipart message whole or not at all, so once the first frame went, the rest go.
     """
@@ -44,6 +45,27 @@ def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
     for frame in frames[:-1]:
         send(frame, _MORE)
     send(frames[-1], NOBLOCK)
+
+
+def recv_frames(sock: zmq.Socket, flags: int = NOBLOCK) -> list[zmq.Frame]:
+    """``sock.recv_multipart(flags, copy=False)`` at a third of its cost (zmq.Again when nothing waits).
+
+    Each Frame already knows whether more follow; recv_multipart asks the socket again for every frame, a
+    getsockopt through pyzmq's enum conversion. Only the first frame may wait: libzmq delivers a multipart
+    message whole.
+    """
+    recv = sock.recv
+    frame = recv(flags, copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = recv(NOBLOCK, copy=False)
+        frames.append(frame)
+    return frames
+
+
+def recv_message(sock: zmq.Socket, flags: int = NOBLOCK) -> list[bytes]:
+    """``sock.recv_multipart(flags)``: the bytes of :func:`recv_frames`."""
+    return [frame.bytes for frame in recv_frames(sock, flags)]
 
 
 def tcp_endpoint(address: str) -> str:
