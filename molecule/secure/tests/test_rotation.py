@@ -46,8 +46,8 @@ with open("{LOG}", "a", buffering=1) as log, RpcClient(settings) as client:
 """
 
 
-def rotate() -> subprocess.CompletedProcess:
-    """ansible-playbook playbooks/rotate-keys.yml against the scenario's inventory, as converge runs it."""
+def playbook(name: str, *options: str) -> subprocess.CompletedProcess:
+    """ansible-playbook ``name`` (from the project) against the scenario's inventory, as converge runs it."""
     ephemeral = os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]
     args = MOLECULE.get("provisioner", {}).get("ansible_args", [])
     env = {**os.environ, "ANSIBLE_CONFIG": os.environ.get("ANSIBLE_CONFIG") or f"{ephemeral}/ansible.cfg"}
@@ -55,9 +55,20 @@ def rotate() -> subprocess.CompletedProcess:
         "ansible-playbook",
         "--inventory", os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]),
         *[os.path.expandvars(arg.replace("${MOLECULE_PROJECT_DIRECTORY}", str(PROJECT))) for arg in args],
-        str(PROJECT / "playbooks" / "rotate-keys.yml"),
+        *options,
+        str(PROJECT / name),
     ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP's counters per host: {"sec-ctl1": {"ok": 57, "changed": 0, ...}}."""
+    counters = {}
+    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
+        host, sep, rest = line.partition(" : ")
+        if sep:
+            counters[host.strip()] = {k: int(v) for k, v in (item.split("=") for item in rest.split())}
+    return counters
 
 
 def probe_lines() -> list[dict]:
@@ -75,7 +86,7 @@ def test_rotation_under_load_loses_no_call():
     try:
         wait_until(lambda: sum(line["ok"] for line in probe_lines()) >= len(HOSTS), 60, "the probe calls")
         started = time.time()
-        result = rotate()
+        result = playbook("playbooks/rotate-keys.yml")
         finished = time.time()
         assert result.returncode == 0, (
             f"rotate-keys.yml failed (exit {result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
@@ -109,3 +120,16 @@ def test_every_host_uses_its_new_pair_and_only_new_keys_are_allowed():
             f"{VENV}/bin/zmqrpc ping --config-file {CONFIG_FILE} --mode fanout --hosts {','.join(HOSTS)} --timeout 10"
         )
         assert result.rc == 0, f"fanout from {name} after the rotation: {result.stdout} {result.stderr[-2000:]}"
+
+
+def test_site_yml_after_the_rotation_would_change_nothing():
+    """site.yml keeps the rotated pairs: run again, in check mode, it would change nothing on any host (and
+    it runs in check mode at all, with security on)."""
+    result = playbook("site.yml", "--check")
+    assert result.returncode == 0, (
+        f"site.yml --check failed (exit {result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    )
+    counters = recap(result.stdout)
+    assert set(counters) == set(HOSTS), f"PLAY RECAP names {sorted(counters)}"
+    changed = {host: c["changed"] for host, c in counters.items() if c["changed"] or c["failed"]}
+    assert not changed, f"site.yml --check after the rotation would change: {changed}\n{result.stdout[-8000:]}"
