@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from conftest import CONFIG_FILE, CURVE_DIR, HOSTS, VENV, lab_host
-from zmqrpc_lab import MOLECULE, wait_until
+from zmqrpc_lab import ANSIBLE_ARGS, wait_until
 
 CALLER = "sec-cmp1"
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY") or Path(__file__).resolve().parents[3])
@@ -49,12 +50,11 @@ with open("{LOG}", "a", buffering=1) as log, RpcClient(settings) as client:
 def playbook(name: str, *options: str) -> subprocess.CompletedProcess:
     """ansible-playbook ``name`` (from the project) against the scenario's inventory, as converge runs it."""
     ephemeral = os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]
-    args = MOLECULE.get("provisioner", {}).get("ansible_args", [])
     env = {**os.environ, "ANSIBLE_CONFIG": os.environ.get("ANSIBLE_CONFIG") or f"{ephemeral}/ansible.cfg"}
     command = [
         "ansible-playbook",
         "--inventory", os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]),
-        *[os.path.expandvars(arg.replace("${MOLECULE_PROJECT_DIRECTORY}", str(PROJECT))) for arg in args],
+        *ANSIBLE_ARGS,
         *options,
         str(PROJECT / name),
     ]
@@ -63,12 +63,10 @@ def playbook(name: str, *options: str) -> subprocess.CompletedProcess:
 
 def recap(output: str) -> dict[str, dict[str, int]]:
     """PLAY RECAP's counters per host: {"sec-ctl1": {"ok": 57, "changed": 0, ...}}."""
-    counters = {}
-    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
-        host, sep, rest = line.partition(" : ")
-        if sep:
-            counters[host.strip()] = {k: int(v) for k, v in (item.split("=") for item in rest.split())}
-    return counters
+    return {
+        host: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counters)}
+        for host, counters in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output.split("PLAY RECAP")[-1], re.M)
+    }
 
 
 def probe_lines() -> list[dict]:
@@ -130,6 +128,6 @@ def test_site_yml_after_the_rotation_would_change_nothing():
         f"site.yml --check failed (exit {result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
     )
     counters = recap(result.stdout)
-    assert set(counters) == set(HOSTS), f"PLAY RECAP names {sorted(counters)}"
+    assert set(HOSTS) <= set(counters), f"PLAY RECAP names only {sorted(counters)}"  # and localhost
     changed = {host: c["changed"] for host, c in counters.items() if c["changed"] or c["failed"]}
     assert not changed, f"site.yml --check after the rotation would change: {changed}\n{result.stdout[-8000:]}"

@@ -45,8 +45,8 @@ def _load(path: str) -> dict[str, Any]:
         return yaml.safe_load(stream) or {}
 
 
-def _extra_vars() -> dict[str, Any]:
-    """The lab's own settings: the --extra-vars of the scenario's ansible_args (or the shared config's).
+def _ansible_args() -> list[str]:
+    """The scenario's ansible-playbook arguments (or the shared config's), as molecule passes them.
 
     MOLECULE_FILE is molecule's merged config, where provisioner.ansible_args became
     ansible.executor.args.ansible_playbook; a scenario's own molecule.yml still has provisioner.ansible_args.
@@ -57,11 +57,20 @@ def _extra_vars() -> dict[str, Any]:
     if args is None:
         shared = _load(os.path.join(_PROJECT_DIR, ".config", "molecule", "config.yml"))
         args = shared.get("provisioner", {}).get("ansible_args", [])
+    return [os.path.expandvars(arg.replace("${MOLECULE_PROJECT_DIRECTORY}", _PROJECT_DIR)) for arg in args]
+
+
+# What a test that runs a playbook itself passes, so the playbook sees the lab's settings as converge did.
+ANSIBLE_ARGS: list[str] = _ansible_args()
+
+
+def _extra_vars() -> dict[str, Any]:
+    """The lab's own settings: the --extra-vars of the scenario's ansible_args."""
     found: dict[str, Any] = {}
-    for arg in args:
+    for arg in ANSIBLE_ARGS:
         if not arg.startswith("--extra-vars="):
             continue
-        value = arg.removeprefix("--extra-vars=").replace("${MOLECULE_PROJECT_DIRECTORY}", _PROJECT_DIR)
+        value = arg.removeprefix("--extra-vars=")
         found.update(_load(value[1:]) if value.startswith("@") else yaml.safe_load(value))
     return found
 
