@@ -19,6 +19,8 @@ from zmqrpc_lab import ANSIBLE_ARGS, wait_until
 CALLER = "sec-cmp1"
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY") or Path(__file__).resolve().parents[3])
 LOG, STOP, UNIT = "/var/tmp/sec-rotation-probe.jsonl", "/var/tmp/sec-rotation-probe.stop", "sec-rotation-probe"
+# A whole playbook over the scenario's hosts: minutes on a loaded machine, far past pytest's default timeout.
+PLAYBOOK_TIMEOUT = 900
 
 # One RpcClient, as a service holds one: a call to every agent in turn, one JSON line per call, until the
 # stop file appears (or 10 minutes pass). With acks, as a client that must not lose a call runs: a call
@@ -58,7 +60,7 @@ def playbook(name: str, *options: str) -> subprocess.CompletedProcess:
         *options,
         str(PROJECT / name),
     ]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, check=False)
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
@@ -74,7 +76,7 @@ def probe_lines() -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(PLAYBOOK_TIMEOUT + 120)
 def test_rotation_under_load_loses_no_call():
     host = lab_host(CALLER)
     host.check_output(f"rm -f {LOG} {STOP} && cat > /var/tmp/sec-rotation-probe.py <<'EOF'\n{PROBE}\nEOF")
@@ -120,6 +122,7 @@ def test_every_host_uses_its_new_pair_and_only_new_keys_are_allowed():
         assert result.rc == 0, f"fanout from {name} after the rotation: {result.stdout} {result.stderr[-2000:]}"
 
 
+@pytest.mark.timeout(PLAYBOOK_TIMEOUT + 60)
 def test_site_yml_after_the_rotation_would_change_nothing():
     """site.yml keeps the rotated pairs: run again, in check mode, it would change nothing on any host (and
     it runs in check mode at all, with security on)."""
