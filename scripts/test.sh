@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-all}
+case "$mode" in
+    all | fast | molecule) ;;
+    *) echo "usage: scripts/test.sh [all|fast|molecule] (got '$mode')" >&2; exit 2 ;;
+esac
 # A log file (CI, `> file`) gets plain text: no colour codes from ruff, pytest, ansible or molecule, and no
 # box characters around molecule's command output (the Makefile reads NO_COLOR).
 if [ ! -t 1 ]; then
